@@ -1,0 +1,262 @@
+/*
+** ir/interp.c: the reference interpreter. Evaluates a graph node by node
+** over the whole batch in double precision, with the plainest loops that
+** state the mathematics of flow-language.md. Slow on purpose: it is the
+** oracle that compiled code and optimisation passes are tested against.
+*/
+#include "ir.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct val {
+  long rows, n;           /* batch nodes: rows = nrows */
+  double *v;
+} val;
+
+static double softplus(double x) { return fmax(x, 0) + log1p(exp(-fabs(x))); }
+static double sigmoid(double x) { return 1 / (1 + exp(-x)); }
+
+static double unary(ir_op op, double x) {
+  switch (op) {
+  case IR_RELU: return x > 0 ? x : 0;
+  case IR_GELU: return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+  case IR_GELU_TANH:
+    return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+  case IR_SILU: return x * sigmoid(x);
+  case IR_TANH: return tanh(x);
+  case IR_ELU: return x > 0 ? x : expm1(x);
+  case IR_SOFTPLUS: return softplus(x);
+  case IR_LIPSWISH: return x * sigmoid(x) / 1.1;
+  case IR_EXP: return exp(x);
+  case IR_NEG: return -x;
+  case IR_LOGSIGMOID: return -softplus(-x);
+  case IR_SQUARE: return x * x;
+  default: return NAN;
+  }
+}
+
+static double binary(ir_op op, double a, double b) {
+  return op == IR_ADD ? a + b : op == IR_SUB ? a - b : a * b;
+}
+
+/* Element (r, j) of a, broadcasting [1,n] and [1,1] operands. */
+static double at(const val *a, long r, long j) {
+  if (a->rows == 1) r = 0;
+  if (a->n == 1) j = 0;
+  return a->v[r * a->n + j];
+}
+
+/* ---- rational-quadratic spline, section 5a ---- */
+
+typedef struct knots {
+  int K;
+  double x[65], y[65], d[65];
+} knots;
+
+static void rqs_knots(const double *h, int K, double B, knots *kn) {
+  const double m = 1e-3;
+  kn->K = K;
+  for (int which = 0; which < 2; which++) {
+    const double *w = h + which * K;
+    double mx = w[0], s = 0;
+    for (int k = 1; k < K; k++) mx = fmax(mx, w[k]);
+    for (int k = 0; k < K; k++) s += exp(w[k] - mx);
+    double *t = which ? kn->y : kn->x, c = 0;
+    t[0] = -B;
+    for (int k = 0; k < K; k++) {
+      c += m + (1 - m * K) * exp(w[k] - mx) / s;
+      t[k + 1] = -B + 2 * B * c;
+    }
+    t[K] = B;
+  }
+  kn->d[0] = kn->d[K] = 1;
+  for (int k = 1; k < K; k++) kn->d[k] = m + softplus(h[2 * K + k - 1]);
+}
+
+static int rqs_bin(const double *t, int K, double v) {
+  int k = 0;
+  while (k < K - 1 && v >= t[k + 1]) k++;
+  return k;
+}
+
+static double rqs_fwd(double u, const double *h, int K, double B, double *logd) {
+  if (u < -B || u > B) { *logd = 0; return u; }
+  knots kn;
+  rqs_knots(h, K, B, &kn);
+  int k = rqs_bin(kn.x, K, u);
+  double w = kn.x[k + 1] - kn.x[k], hh = kn.y[k + 1] - kn.y[k], s = hh / w;
+  double xi = (u - kn.x[k]) / w, q = xi * (1 - xi);
+  double den = s + (kn.d[k + 1] + kn.d[k] - 2 * s) * q;
+  double num = kn.d[k + 1] * xi * xi + 2 * s * q + kn.d[k] * (1 - xi) * (1 - xi);
+  *logd = log(s * s * num / (den * den));
+  return kn.y[k] + hh * (s * xi * xi + kn.d[k] * q) / den;
+}
+
+static double rqs_inv(double y, const double *h, int K, double B, double *logd) {
+  if (y < -B || y > B) { *logd = 0; return y; }
+  knots kn;
+  rqs_knots(h, K, B, &kn);
+  int k = rqs_bin(kn.y, K, y);
+  double w = kn.x[k + 1] - kn.x[k], hh = kn.y[k + 1] - kn.y[k], s = hh / w;
+  double dk = kn.d[k], dk1 = kn.d[k + 1], dy = y - kn.y[k], c2 = dk1 + dk - 2 * s;
+  double a = hh * (s - dk) + dy * c2, b = hh * dk - dy * c2, c = -s * dy;
+  double disc = fmax(b * b - 4 * a * c, 0);
+  double xi = fmin(fmax(2 * c / (-b - sqrt(disc)), 0), 1);
+  double fl;
+  double u = kn.x[k] + xi * w;
+  rqs_fwd(u, h, K, B, &fl);
+  *logd = -fl;
+  return u;
+}
+
+/* ---- linear_lu: W = P L U, (P v)[i] = v[perm[i]] ---- */
+
+static void lu_w(const val *a, double *W, int inverse) {
+  long D = a[0].n;
+  const double *lo = a[0].v, *up = a[1].v, *ld = a[2].v, *sg = a[3].v, *pm = a[4].v;
+  double *L = calloc((size_t)(D * D), sizeof *L), *U = calloc((size_t)(D * D), sizeof *U);
+  for (long i = 0; i < D; i++)
+    for (long j = 0; j < D; j++) {
+      L[i * D + j] = i > j ? lo[i * D + j] : i == j;
+      U[i * D + j] = i < j ? up[i * D + j] : i == j ? sg[i] * exp(ld[i]) : 0;
+    }
+  for (long i = 0; i < D; i++) {
+    long r = (long)pm[i];
+    if (!inverse) {
+      for (long j = 0; j < D; j++) {   /* row i of W is row perm[i] of L U */
+        double s = 0;
+        for (long k = 0; k < D; k++) s += L[r * D + k] * U[k * D + j];
+        W[i * D + j] = s;
+      }
+    } else {
+      /* W^-1 = U^-1 L^-1 P^-1: column i of W^-1 solves L U c = e_{perm[i]}... */
+      double *c = calloc((size_t)D, sizeof *c);
+      c[r] = 1;  /* P^-1 e_i has its one at perm[i] */
+      for (long p = 0; p < D; p++)
+        for (long k = 0; k < p; k++) c[p] -= L[p * D + k] * c[k];
+      for (long p = D - 1; p >= 0; p--) {
+        for (long k = p + 1; k < D; k++) c[p] -= U[p * D + k] * c[k];
+        c[p] /= U[p * D + p];
+      }
+      for (long j = 0; j < D; j++) W[j * D + i] = c[j];
+      free(c);
+    }
+  }
+  free(L);
+  free(U);
+}
+
+/* ---- evaluation ---- */
+
+static void eval(const ir_node *x, val *V, long B) {
+  val *o = &V[x->id];
+  const val *a = x->nargs > 0 ? &V[x->args[0]->id] : NULL;
+  const val *b = x->nargs > 1 ? &V[x->args[1]->id] : NULL;
+  long R = o->rows, n = o->n;
+  if (ir_is_unary(x->op)) {
+    for (long i = 0; i < R * n; i++) o->v[i] = unary(x->op, a->v[i]);
+  } else if (ir_is_binary(x->op)) {
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) o->v[r * n + j] = binary(x->op, at(a, r, j), at(b, r, j));
+  } else switch (x->op) {
+  case IR_CONST: o->v[0] = x->f0; break;
+  case IR_LINEAR:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) {
+        double s = x->nargs > 2 ? V[x->args[2]->id].v[j] : 0;
+        for (long i = 0; i < a->n; i++) s += a->v[r * a->n + i] * b->v[j * a->n + i];
+        o->v[r * n + j] = s;
+      }
+    break;
+  case IR_SLICE:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[r * a->n + x->i0 + j];
+    break;
+  case IR_CONCAT:
+    for (long r = 0; r < R; r++) {
+      for (long j = 0; j < a->n; j++) o->v[r * n + j] = a->v[r * a->n + j];
+      for (long j = 0; j < b->n; j++) o->v[r * n + a->n + j] = b->v[r * b->n + j];
+    }
+    break;
+  case IR_GATHER:
+    for (long r = 0; r < R; r++)
+      for (long i = 0; i < n; i++) {
+        long p = x->idx ? x->idx[i] : (long)b->v[i];
+        if (x->i1) o->v[r * n + p] = a->v[r * n + i];
+        else o->v[r * n + i] = a->v[r * n + p];
+      }
+    break;
+  case IR_RQS: {
+    long m = a->n, w = 3 * x->i0 - 1;
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < m; j++) {
+        const double *h = &b->v[r * b->n + j * w];
+        double ld, u = a->v[r * m + j];
+        o->v[r * n + j] = x->i1 ? rqs_inv(u, h, x->i0, x->f0, &ld) : rqs_fwd(u, h, x->i0, x->f0, &ld);
+        o->v[r * n + m + j] = ld;
+      }
+    break;
+  }
+  case IR_ROWSUM:
+    for (long r = 0; r < R; r++) {
+      double s = 0;
+      long cols = x->batch ? a->n : a->rows * a->n;
+      for (long j = 0; j < cols; j++) s += a->v[r * a->n + j];
+      o->v[r] = s;
+    }
+    break;
+  case IR_LU_W: case IR_LU_WINV: {
+    val args[5];
+    for (int i = 0; i < 5; i++) args[i] = V[x->args[i]->id];
+    lu_w(args, o->v, x->op == IR_LU_WINV);
+    break;
+  }
+  default: break;
+  }
+  (void)B;
+}
+
+static int check_bins(const ir_graph *g, char *err, size_t errlen) {
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i]->op == IR_RQS && (g->nodes[i]->i0 < 1 || g->nodes[i]->i0 > 64)) {
+      snprintf(err, errlen, "interp: spline bins %d out of range 1..64", g->nodes[i]->i0);
+      return -1;
+    }
+  return 0;
+}
+
+int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
+              long nrows, const double *in, const double *ctx,
+              double *out0, double *out1, char *err, size_t errlen) {
+  if (check_bins(g, err, errlen)) return -1;
+  val *V = calloc((size_t)g->nnodes, sizeof *V);
+  for (int i = 0; i < g->nnodes; i++) {
+    const ir_node *x = g->nodes[i];
+    if (x->id != i) { snprintf(err, errlen, "interp: graph not numbered"); free(V); return -1; }
+    V[i].rows = x->batch ? nrows : x->rows;
+    V[i].n = x->n;
+    V[i].v = calloc((size_t)(V[i].rows * x->n + 1), sizeof(double));
+    if (x->op == IR_INPUT) {
+      const double *src = x->i0 == 0 ? in : ctx;
+      memcpy(V[i].v, src, (size_t)(nrows * x->n) * sizeof(double));
+    } else if (x->op == IR_PARAM) {
+      const ir_param *pa = &p->params[x->i0];
+      for (long k = 0; k < V[i].rows * x->n; k++)
+        V[i].v[k] = pa->dtype == IR_F32 ? ((const float *)params[x->i0])[k]
+                                        : (double)((const int64_t *)params[x->i0])[k];
+    } else {
+      eval(x, V, nrows);
+    }
+  }
+  double *outs[2] = {out0, out1};
+  for (int k = 0; k < g->nouts; k++) {
+    const val *o = &V[g->outs[k]->id];
+    if (outs[k]) memcpy(outs[k], o->v, (size_t)(nrows * o->n) * sizeof(double));
+  }
+  for (int i = 0; i < g->nnodes; i++) free(V[i].v);
+  free(V);
+  return 0;
+}

@@ -1,0 +1,182 @@
+/* ir/ir.c: graph construction (see ir.h). */
+#include "ir.h"
+
+#include <assert.h>
+#include <string.h>
+
+static const char *const op_names[IR_OP_COUNT] = {
+  [IR_INPUT] = "input", [IR_PARAM] = "param", [IR_CONST] = "const",
+  [IR_RELU] = "relu", [IR_GELU] = "gelu", [IR_GELU_TANH] = "gelu_tanh",
+  [IR_SILU] = "silu", [IR_TANH] = "tanh", [IR_ELU] = "elu",
+  [IR_SOFTPLUS] = "softplus", [IR_LIPSWISH] = "lipswish", [IR_EXP] = "exp",
+  [IR_NEG] = "neg", [IR_LOGSIGMOID] = "logsigmoid", [IR_SQUARE] = "square",
+  [IR_ADD] = "add", [IR_SUB] = "sub", [IR_MUL] = "mul",
+  [IR_LINEAR] = "linear", [IR_SLICE] = "slice", [IR_CONCAT] = "concat",
+  [IR_GATHER] = "gather", [IR_RQS] = "rqs", [IR_ROWSUM] = "rowsum",
+  [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv",
+};
+
+const char *ir_op_name(ir_op op) { return op < IR_OP_COUNT ? op_names[op] : "?"; }
+
+const char *ir_entry_name(ir_entry e) {
+  static const char *const names[IR_NENTRY] = {
+    "encode", "encode_ld", "decode", "decode_ld", "log_prob"};
+  return e < IR_NENTRY ? names[e] : "?";
+}
+
+int ir_is_unary(ir_op op) { return op >= IR_RELU && op <= IR_SQUARE; }
+int ir_is_binary(ir_op op) { return op >= IR_ADD && op <= IR_MUL; }
+
+ir_graph *ir_graph_new(ir_arena *A) {
+  ir_graph *g = ir_alloc(A, sizeof *g);
+  g->A = A;
+  return g;
+}
+
+static ir_node *add(ir_graph *g, ir_op op, int batch, int rows, int n) {
+  if (g->nnodes == g->cap) {
+    int cap = g->cap ? 2 * g->cap : 64;
+    ir_node **nodes = ir_alloc(g->A, (size_t)cap * sizeof *nodes);
+    if (g->nnodes) memcpy(nodes, g->nodes, (size_t)g->nnodes * sizeof *nodes);
+    g->nodes = nodes;
+    g->cap = cap;
+  }
+  ir_node *x = ir_alloc(g->A, sizeof *x);
+  x->op = op;
+  x->id = g->nnodes;
+  x->batch = batch;
+  x->rows = batch ? 1 : rows;
+  x->n = n;
+  x->offset = -1;
+  x->prep = -1;
+  g->nodes[g->nnodes++] = x;
+  return x;
+}
+
+static void arg(ir_node *x, ir_node *a) {
+  assert(x->nargs < 5);
+  x->args[x->nargs++] = a;
+}
+
+ir_node *ir_input(ir_graph *g, int slot, int n) {
+  ir_node *x = add(g, IR_INPUT, 1, 1, n);
+  x->i0 = slot;
+  return x;
+}
+
+ir_node *ir_param_node(ir_graph *g, const ir_program *p, int index) {
+  const ir_param *pa = &p->params[index];
+  int rows = pa->ndim == 2 ? pa->shape[0] : 1;
+  int n = pa->ndim == 2 ? pa->shape[1] : pa->shape[0];
+  ir_node *x = add(g, IR_PARAM, 0, rows, n);
+  x->i0 = index;
+  return x;
+}
+
+ir_node *ir_const(ir_graph *g, double v) {
+  ir_node *x = add(g, IR_CONST, 0, 1, 1);
+  x->f0 = v;
+  return x;
+}
+
+ir_node *ir_unary(ir_graph *g, ir_op op, ir_node *a) {
+  assert(ir_is_unary(op));
+  ir_node *x = add(g, op, a->batch, a->rows, a->n);
+  arg(x, a);
+  return x;
+}
+
+/* Batch op batch of equal width, or either side a [1,n] / [1,1] param. */
+ir_node *ir_binary(ir_graph *g, ir_op op, ir_node *a, ir_node *b) {
+  assert(ir_is_binary(op));
+  int batch = a->batch || b->batch;
+  const ir_node *big = a->batch ? a : b->batch ? b : (a->rows * a->n >= b->rows * b->n ? a : b);
+  const ir_node *other = big == a ? b : a;
+  assert(other->n == big->n || (other->n == 1 && other->rows == 1));
+  assert(!batch || other->batch || other->rows == 1);
+  ir_node *x = add(g, op, batch, big->rows, big->n);
+  arg(x, a);
+  arg(x, b);
+  return x;
+}
+
+ir_node *ir_linear(ir_graph *g, ir_node *in, ir_node *W, ir_node *b) {
+  assert(in->batch && !W->batch && W->n == in->n);
+  assert(!b || (!b->batch && b->n == W->rows));
+  ir_node *x = add(g, IR_LINEAR, 1, 1, W->rows);
+  arg(x, in);
+  arg(x, W);
+  if (b) arg(x, b);
+  return x;
+}
+
+ir_node *ir_slice(ir_graph *g, ir_node *in, int lo, int n) {
+  assert(in->batch && lo >= 0 && lo + n <= in->n);
+  if (lo == 0 && n == in->n) return in;
+  ir_node *x = add(g, IR_SLICE, 1, 1, n);
+  arg(x, in);
+  x->i0 = lo;
+  return x;
+}
+
+ir_node *ir_concat(ir_graph *g, ir_node *a, ir_node *b) {
+  if (!b) return a;   /* NULL stands for "nothing", as an absent context */
+  if (!a) return b;
+  if (a->n == 0) return b;
+  if (b->n == 0) return a;
+  assert(a->batch && b->batch);
+  ir_node *x = add(g, IR_CONCAT, 1, 1, a->n + b->n);
+  arg(x, a);
+  arg(x, b);
+  return x;
+}
+
+ir_node *ir_gather(ir_graph *g, ir_node *in, ir_node *perm, const int *idx, int inverse) {
+  assert(in->batch && (perm || idx));
+  ir_node *x = add(g, IR_GATHER, 1, 1, in->n);
+  x->i1 = inverse;
+  arg(x, in);
+  if (perm) arg(x, perm);
+  else x->idx = idx;
+  return x;
+}
+
+ir_node *ir_rqs(ir_graph *g, ir_node *in, ir_node *h, int bins, double bound, int inverse) {
+  assert(in->batch && h->batch && h->n == in->n * (3 * bins - 1));
+  ir_node *x = add(g, IR_RQS, 1, 1, 2 * in->n);
+  arg(x, in);
+  arg(x, h);
+  x->i0 = bins;
+  x->i1 = inverse;
+  x->f0 = bound;
+  return x;
+}
+
+ir_node *ir_rowsum(ir_graph *g, ir_node *in) {
+  ir_node *x = add(g, IR_ROWSUM, in->batch, 1, 1);
+  arg(x, in);
+  return x;
+}
+
+ir_node *ir_lu(ir_graph *g, ir_op op, ir_node *const lu[5]) {
+  assert(op == IR_LU_W || op == IR_LU_WINV);
+  int D = lu[0]->n;
+  ir_node *x = add(g, op, 0, D, D);
+  for (int i = 0; i < 5; i++) arg(x, lu[i]);
+  return x;
+}
+
+void ir_output(ir_graph *g, ir_node *x) {
+  assert(g->nouts < 2);
+  g->outs[g->nouts++] = x;
+}
+
+void ir_renumber(ir_graph *g) {
+  for (int i = 0; i < g->nnodes; i++) {
+    g->nodes[i]->id = i;
+    g->nodes[i]->uses = 0;
+  }
+  for (int i = 0; i < g->nnodes; i++)
+    for (int k = 0; k < g->nodes[i]->nargs; k++) g->nodes[i]->args[k]->uses++;
+  for (int k = 0; k < g->nouts; k++) g->outs[k]->uses++;
+}

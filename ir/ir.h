@@ -1,0 +1,164 @@
+/*
+** ir/ir.h: the tensor graph.
+**
+** A graph is a DAG of nodes in topological order (args always precede the
+** node). Every node is a 2-D float tensor of one of two classes:
+**
+**   batch  [B, n]    one row per sample; B is unknown until run time;
+**   param  [rows, n] depends on parameters and constants only, evaluated
+**                    once when weights are loaded (the "prep" program).
+**
+** Binary elementwise ops take two batch tensors of equal width, or a batch
+** tensor and a param tensor of shape [1, n] (row broadcast) or [1, 1].
+**
+** A program is one checked model lowered to a parameter table and one graph
+** per entry point. Inputs: slot 0 is the data ([B, D] rows, or z for
+** decode), slot 1 the context [B, C]. Outputs: out[0] is the main result,
+** out[1] (when present) the log-det [B, 1].
+*/
+#ifndef FLOWC_IR_IR_H
+#define FLOWC_IR_IR_H
+
+#include <stdio.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "model.h"
+
+typedef enum ir_op {
+  /* leaves */
+  IR_INPUT,       /* batch; i0 = slot (0 data, 1 context) */
+  IR_PARAM,       /* param; i0 = index into program params (F32 or I64) */
+  IR_CONST,       /* param [1,1]; f0 = value */
+  /* elementwise unary, either class */
+  IR_RELU, IR_GELU, IR_GELU_TANH, IR_SILU, IR_TANH, IR_ELU, IR_SOFTPLUS,
+  IR_LIPSWISH, IR_EXP, IR_NEG, IR_LOGSIGMOID, IR_SQUARE,
+  /* elementwise binary, broadcast as above */
+  IR_ADD, IR_SUB, IR_MUL,
+  /* structure, batch */
+  IR_LINEAR,      /* x[B,in], W[out,in] (param), b[1,out] (param, optional) */
+  IR_SLICE,       /* columns [i0, i0 + n) of x */
+  IR_CONCAT,      /* [a, b] along columns */
+  IR_GATHER,      /* y[:,i] = x[:, perm[i]]; perm = args[1] (I64 param [1,n])
+                     or idx[] (constant) when nargs == 1. i1 = 1: the
+                     inverse, a scatter y[:, perm[i]] = x[:, i] */
+  IR_RQS,         /* x[B,m], h[B, m(3K-1)] -> [B, 2m] = [y | log|dy/dx|];
+                     i0 = K bins, f0 = bound B, i1 = 1 for the inverse */
+  IR_ROWSUM,      /* [B,n] -> [B,1]; on a param tensor: total sum -> [1,1] */
+  /* param only */
+  IR_LU_W,        /* lower, upper, log_diag, sign, perm -> W = P L U [D,D] */
+  IR_LU_WINV,     /* same args -> W^-1 [D,D] */
+  IR_OP_COUNT
+} ir_op;
+
+typedef struct ir_node ir_node;
+struct ir_node {
+  ir_op op;
+  int id;                 /* position in graph, reassigned by ir_renumber */
+  int batch;              /* 1: [B, n]; 0: param [rows, n] */
+  int rows, n;
+  int nargs;
+  ir_node *args[5];
+  int i0, i1;
+  double f0;
+  const int *idx;         /* IR_GATHER constant permutation, n entries */
+  /* filled by passes */
+  int uses;               /* number of uses within the graph (+1 per output) */
+  long offset;            /* pass_memplan: this node's buffer starts at
+                             scratch + offset * tile (floats), row-major
+                             [tile, n]; -1 when it has none */
+  int prep;               /* pass_prep: index in the entry's prep program
+                             (param-class nodes other than IR_PARAM); -1 */
+};
+
+typedef enum ir_entry {
+  IR_ENTRY_ENCODE,        /* x -> z */
+  IR_ENTRY_ENCODE_LD,     /* x -> z, log|det dz/dx| */
+  IR_ENTRY_DECODE,        /* z -> x */
+  IR_ENTRY_DECODE_LD,     /* z -> x, log|det dx/dz| */
+  IR_ENTRY_LOGPROB,       /* x -> log p(x) [B,1] */
+  IR_NENTRY
+} ir_entry;
+
+typedef struct ir_graph {
+  ir_arena *A;
+  int nnodes, cap;
+  ir_node **nodes;
+  int nouts;
+  ir_node *outs[2];
+  long scratch;           /* pass_memplan: scratch floats per tile row */
+  int nprep;              /* pass_prep: length of the prep program */
+} ir_graph;
+
+typedef enum ir_dtype { IR_F32, IR_I64 } ir_dtype;
+
+typedef enum ir_init {
+  INIT_LINEAR_WEIGHT,     /* U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch */
+  INIT_LINEAR_BIAS,       /* same bound */
+  INIT_ZERO,
+  INIT_PERM_RANDOM,       /* permutation drawn from (seed, layer) */
+  INIT_PERM_LIST,         /* values[] */
+  INIT_LU_LOWER, INIT_LU_UPPER, INIT_LU_LOG_DIAG, INIT_LU_SIGN, INIT_LU_PERM
+                          /* all from one random orthogonal matrix of the layer */
+} ir_init;
+
+typedef struct ir_param {
+  const char *name;       /* flow.K.net.J.weight ... */
+  ir_dtype dtype;
+  int ndim;
+  int shape[2];
+  ir_init init;
+  int fan_in;
+  int layer;              /* K */
+  uint64_t seed;          /* INIT_PERM_RANDOM */
+  const int *values;      /* INIT_PERM_LIST */
+} ir_param;
+
+typedef struct ir_program {
+  ir_arena *A;
+  const ir_model *model;
+  int nparams;
+  ir_param *params;
+  ir_graph *entry[IR_NENTRY];
+} ir_program;
+
+/* graph building (ir.c) */
+ir_graph *ir_graph_new(ir_arena *A);
+ir_node *ir_input(ir_graph *g, int slot, int n);
+ir_node *ir_param_node(ir_graph *g, const ir_program *p, int index);
+ir_node *ir_const(ir_graph *g, double v);
+ir_node *ir_unary(ir_graph *g, ir_op op, ir_node *x);
+ir_node *ir_binary(ir_graph *g, ir_op op, ir_node *a, ir_node *b);
+ir_node *ir_linear(ir_graph *g, ir_node *x, ir_node *W, ir_node *b);
+ir_node *ir_slice(ir_graph *g, ir_node *x, int lo, int n);
+ir_node *ir_concat(ir_graph *g, ir_node *a, ir_node *b);
+ir_node *ir_gather(ir_graph *g, ir_node *x, ir_node *perm, const int *idx, int inverse);
+ir_node *ir_rqs(ir_graph *g, ir_node *x, ir_node *h, int bins, double bound, int inverse);
+ir_node *ir_rowsum(ir_graph *g, ir_node *x);
+ir_node *ir_lu(ir_graph *g, ir_op op, ir_node *const lu[5]);
+void ir_output(ir_graph *g, ir_node *x);
+void ir_renumber(ir_graph *g);        /* ids and use counts from scratch */
+int ir_is_unary(ir_op op);
+int ir_is_binary(ir_op op);
+const char *ir_op_name(ir_op op);
+const char *ir_entry_name(ir_entry e);
+
+/* lowering (lower.c): one checked model to a program; NULL with err set */
+ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen);
+long ir_param_count(const ir_program *p);   /* trainable scalars */
+
+/* text form (dump.c), stable for golden tests */
+void ir_dump_graph(FILE *f, const ir_graph *g);
+void ir_dump_program(FILE *f, const ir_program *p);
+
+/*
+** Reference interpreter (interp.c): evaluates a graph op by op over the
+** whole batch in double precision. params[i] points at the data of program
+** parameter i (float for IR_F32, int64_t for IR_I64). in/ctx/out as in the
+** entry contract; out1 may be NULL. Returns 0, or -1 with err set.
+*/
+int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
+              long nrows, const double *in, const double *ctx,
+              double *out0, double *out1, char *err, size_t errlen);
+
+#endif

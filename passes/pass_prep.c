@@ -1,0 +1,16 @@
+/*
+** passes/pass_prep.c: numbers the parameter-only nodes other than the
+** parameters themselves. They form the entry's prep program, which the
+** runtime evaluates once when weights are loaded (exp of actnorm's
+** log_scale, the LU product, the sum of log-det constants); the kernels
+** read their results like parameters.
+*/
+#include "passes.h"
+
+void pass_prep(ir_graph *g) {
+  g->nprep = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    ir_node *x = g->nodes[i];
+    x->prep = !x->batch && x->op != IR_PARAM ? g->nprep++ : -1;
+  }
+}

@@ -1,0 +1,172 @@
+/*
+** runtime/rt.h: the flowc runtime, a plain C library with no LLVM in it.
+**
+** A compiled model is a descriptor (rt_desc: sizes, parameter table, the
+** parameter-only "prep" program of each entry) plus one kernel per entry.
+** The same runtime drives kernels from the in-process JIT and from a built
+** shared object, so both give the same numbers.
+**
+** Kernel ABI: void k(void *const *args, int64_t nrows), nrows <= desc.tile.
+**   args[0] in   rows of the entry's input (x or z), nrows x dim
+**   args[1] ctx  nrows x context (NULL when context == 0)
+**   args[2] out0 nrows x (dim, or 1 for log_prob)
+**   args[3] out1 nrows x 1 log-det, or NULL when the entry has none
+**   args[4 .. 4+P)        the P parameters, float* or int64_t* by dtype
+**   args[4+P .. 4+P+Q)    the Q prep results of this entry (float*)
+**   args[4+P+Q]           scratch, tile * entry.scratch floats, 64-aligned
+** Kernels may call the rt_k_* helpers below; nothing else.
+*/
+#ifndef FLOWC_RT_H
+#define FLOWC_RT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RT_NENTRY 5
+enum { RT_ENCODE, RT_ENCODE_LD, RT_DECODE, RT_DECODE_LD, RT_LOGPROB };
+
+/* Error codes returned by rt_model_* (and the .so's functions). */
+enum { RT_OK = 0, RT_EINVAL = -1, RT_ENOMEM = -2, RT_ENUMERIC = -3 };
+
+typedef void (*rt_kernel)(void *const *args, int64_t nrows);
+
+typedef enum rt_dtype { RT_F32, RT_I64 } rt_dtype;
+
+/* Same order as ir_init in ir/ir.h. */
+typedef enum rt_init {
+  RT_INIT_LINEAR_WEIGHT, RT_INIT_LINEAR_BIAS, RT_INIT_ZERO,
+  RT_INIT_PERM_RANDOM, RT_INIT_PERM_LIST,
+  RT_INIT_LU_LOWER, RT_INIT_LU_UPPER, RT_INIT_LU_LOG_DIAG, RT_INIT_LU_SIGN,
+  RT_INIT_LU_PERM
+} rt_init;
+
+typedef struct rt_param_desc {
+  char *name;
+  rt_dtype dtype;
+  int ndim;
+  int shape[2];
+  rt_init init;
+  int fan_in;
+  int layer;
+  uint64_t seed;
+  int *values;              /* RT_INIT_PERM_LIST: shape[0] entries */
+} rt_param_desc;
+
+typedef enum rt_prep_op {
+  RT_PREP_EXP, RT_PREP_NEG, RT_PREP_SUM,   /* SUM: all elements -> [1,1] */
+  RT_PREP_ADD, RT_PREP_SUB, RT_PREP_MUL,   /* equal shapes or [1,1] broadcast */
+  RT_PREP_CONST,                           /* [1,1] = f */
+  RT_PREP_LU_W, RT_PREP_LU_WINV            /* lower, upper, log_diag, sign, perm */
+} rt_prep_op;
+
+typedef struct rt_prep {
+  rt_prep_op op;
+  int nargs;
+  int args[5];              /* < nparams: parameter; else nparams + prep index */
+  int rows, n;              /* result shape */
+  double f;                 /* RT_PREP_CONST */
+} rt_prep;
+
+typedef struct rt_entry_desc {
+  int nprep;
+  rt_prep *prep;
+  long scratch;             /* floats per tile row */
+  int has_ld;
+} rt_entry_desc;
+
+typedef struct rt_desc {
+  char *name;
+  int dim, context;
+  int tile;                 /* rows per kernel call */
+  int nparams;
+  rt_param_desc *params;
+  rt_entry_desc entry[RT_NENTRY];
+} rt_desc;
+
+/* Descriptor text form: what a built .so carries; parse(format(d)) == d. */
+char *rt_desc_format(const rt_desc *d);                       /* malloc'd */
+rt_desc *rt_desc_parse(const char *text, char *err, size_t errlen);
+void rt_desc_free(rt_desc *d);
+
+/* ---- weights (rt_weights.c, rt_safetensors.c, rt_init.c) ---- */
+typedef struct rt_weights {
+  int n;                    /* == desc->nparams, in desc order */
+  void **data;              /* float* or int64_t* per param dtype */
+  long step;                /* training step from __metadata__, 0 if none */
+} rt_weights;
+
+/* Reads a safetensors file and checks it against the descriptor: every
+** tensor present, no extra one, shapes and dtypes right, perms valid and
+** equal to an explicit permute list. F64/F16/BF16 converted to F32,
+** I32 to I64. The message names the file and the tensor. */
+int rt_weights_load(const rt_desc *d, const char *path, rt_weights *w,
+                    char *err, size_t errlen);
+int rt_weights_load_mem(const rt_desc *d, const void *buf, size_t len,
+                        const char *what, rt_weights *w, char *err, size_t errlen);
+/* Writes to PATH.tmp and renames, so a failure never leaves half a file. */
+int rt_weights_save(const rt_desc *d, const rt_weights *w, const char *path,
+                    char *err, size_t errlen);
+int rt_weights_init(const rt_desc *d, uint64_t seed, rt_weights *w,
+                    char *err, size_t errlen);
+void rt_weights_free(rt_weights *w);
+
+/* ---- a loaded model (rt_model.c) ---- */
+typedef struct rt_model rt_model;
+
+/* Copies the weights, runs the prep programs, makes nthreads-1 workers
+** (nthreads <= 0: all cores) and every scratch buffer. */
+rt_model *rt_model_open(const rt_desc *d, const rt_kernel kernels[RT_NENTRY],
+                        const rt_weights *w, int nthreads, char *err, size_t errlen);
+void rt_model_close(rt_model *m);
+/* ctx: NULL, or n rows, or (ctx_rows == 1) one row for all. */
+int rt_model_encode(rt_model *m, size_t n, const float *x, const float *ctx,
+                    size_t ctx_rows, float *z, float *logdet);
+int rt_model_decode(rt_model *m, size_t n, const float *z, const float *ctx,
+                    size_t ctx_rows, float *x, float *logdet);
+int rt_model_log_prob(rt_model *m, size_t n, const float *x, const float *ctx,
+                      size_t ctx_rows, float *log_prob);
+int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
+                    size_t ctx_rows, float *x, float *log_prob);
+/* The prep results of an entry, for tests and the interpreter. */
+const float *const *rt_model_prep(const rt_model *m, int entry);
+
+/* Entry points of a built shared object (rt_so.c): the generated m_open
+** calls this with the embedded descriptor text and, optionally, weights. */
+rt_model *rt_so_open(const char *desc_text, const rt_kernel kernels[RT_NENTRY],
+                     const void *builtin, size_t builtin_len,
+                     const char *weights_path, char *err, size_t errlen);
+
+/* ---- data files (rt_data.c) ---- */
+typedef struct rt_array {
+  float *data;
+  int ndim;
+  long shape[8];
+  long rows, cols;          /* shape[0], product of the rest */
+} rt_array;
+
+/* .npy (f32/f64, C order) or .csv by extension; message names the file. */
+int rt_array_load(const char *path, rt_array *a, char *err, size_t errlen);
+/* float32 .npy, written atomically (PATH.tmp + rename). */
+int rt_npy_save(const char *path, const float *data, int ndim, const long *shape,
+                char *err, size_t errlen);
+void rt_array_free(rt_array *a);
+
+/* ---- counter-based RNG (rt_rng.c): Philox4x32-10 ---- */
+void rt_philox(uint64_t key, uint64_t ctr_hi, uint64_t ctr_lo, uint32_t out[4]);
+/* Standard normals for rows [row0, row0+nrows) of width dim: value (r, j)
+** depends only on (seed, r, j), so any split across threads agrees. */
+void rt_normal_rows(uint64_t seed, uint64_t stream, long row0, long nrows, int dim,
+                    float *out);
+float rt_uniform01(uint64_t seed, uint64_t stream, uint64_t i); /* (0,1) */
+
+/* ---- helpers callable from kernels (rt_kernels.c) ---- */
+/* Rational-quadratic spline of flow-language.md 5a on one value; h points at
+** the 3K-1 raw parameters. Returns y and stores log|dy/dx| (forward) or
+** log|dx/dy| (inverse) in *logd. */
+float rt_k_rqs(float x, const float *h, int64_t bins, float bound, float *logd);
+float rt_k_rqs_inv(float y, const float *h, int64_t bins, float bound, float *logd);
+/* C[m,n] = A[m,k] B[n,k]^T (+ bias[n] when non-NULL): OpenBLAS sgemm. */
+void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
+               const float *bias, float *C);
+
+#endif

@@ -1,0 +1,106 @@
+/* tests/modelgen.c: see modelgen.h. */
+#include "modelgen.h"
+
+#include <math.h>
+
+static uint64_t next(mg_rng *r) {
+  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+double mg_uniform(mg_rng *r) { return (double)(next(r) >> 11) * 0x1.0p-53; }
+
+double mg_normal(mg_rng *r) {
+  double u = mg_uniform(r) + 1e-300, v = mg_uniform(r);
+  return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+static int pick(mg_rng *r, int n) { return (int)(mg_uniform(r) * n); }
+
+static int *random_perm(ir_arena *A, mg_rng *r, int D) {
+  int *p = ir_alloc(A, (size_t)D * sizeof *p);
+  for (int i = 0; i < D; i++) p[i] = i;
+  for (int i = D - 1; i > 0; i--) {
+    int j = pick(r, i + 1), t = p[i];
+    p[i] = p[j];
+    p[j] = t;
+  }
+  return p;
+}
+
+static void random_layer(ir_arena *A, mg_rng *r, int D, ir_layerkind kind, ir_layer *L) {
+  L->kind = kind;
+  L->net.kind = NET_MLP;
+  L->net.nhidden = pick(r, 3);
+  int *h = ir_alloc(A, 3 * sizeof *h);
+  for (int j = 0; j < L->net.nhidden; j++) h[j] = 1 + pick(r, 12);
+  L->net.hidden = h;
+  L->net.act = (ir_act)pick(r, ACT_COUNT);
+  L->scale = (ir_scale)pick(r, 3);
+  L->bins = 1 + pick(r, 8);
+  L->bound = 1 + 3 * mg_uniform(r);
+  L->perm_kind = (ir_permkind)pick(r, 3);
+  L->perm_seed = (uint64_t)pick(r, 100);
+  L->perm = random_perm(A, r, D);
+}
+
+ir_model *mg_model(ir_arena *A, mg_rng *r, int D, int C, int nlayers, const ir_layerkind *kinds) {
+  ir_model *m = ir_alloc(A, sizeof *m);
+  m->name = "rnd";
+  m->dim = D;
+  m->ndims = 1;
+  m->dims[0] = D;
+  m->context = C;
+  m->nlayers = nlayers;
+  ir_layer *L = ir_alloc(A, (size_t)(nlayers ? nlayers : 1) * sizeof *L);
+  for (int k = 0; k < nlayers; k++)
+    random_layer(A, r, D, kinds ? kinds[k] : (ir_layerkind)pick(r, LAYER_COUNT), &L[k]);
+  m->layers = L;
+  return m;
+}
+
+static void lu_values(mg_rng *r, const ir_param *pa, void *data) {
+  int D = pa->shape[0];
+  float *f = data;
+  int64_t *q = data;
+  switch (pa->init) {
+  case INIT_LU_LOWER: case INIT_LU_UPPER:
+    for (int i = 0; i < D * D; i++) f[i] = (float)(0.3 * mg_normal(r) / sqrt(D));
+    break;
+  case INIT_LU_LOG_DIAG:
+    for (int i = 0; i < D; i++) f[i] = (float)(0.3 * mg_normal(r));
+    break;
+  case INIT_LU_SIGN:
+    for (int i = 0; i < D; i++) f[i] = mg_uniform(r) < 0.5 ? -1.0f : 1.0f;
+    break;
+  default:
+    for (int i = 0; i < D; i++) q[i] = i;
+    for (int i = D - 1; i > 0; i--) {
+      int j = pick(r, i + 1);
+      int64_t t = q[i];
+      q[i] = q[j];
+      q[j] = t;
+    }
+  }
+}
+
+void **mg_params(ir_arena *A, mg_rng *r, const ir_program *p, double scale) {
+  void **v = ir_alloc(A, (size_t)(p->nparams ? p->nparams : 1) * sizeof *v);
+  for (int i = 0; i < p->nparams; i++) {
+    const ir_param *pa = &p->params[i];
+    long n = pa->ndim == 2 ? (long)pa->shape[0] * pa->shape[1] : pa->shape[0];
+    v[i] = ir_alloc(A, (size_t)(n ? n : 1) * 8);
+    if (pa->init >= INIT_LU_LOWER || pa->init == INIT_PERM_RANDOM) {
+      lu_values(r, pa, v[i]);
+    } else if (pa->init == INIT_PERM_LIST) {
+      for (long j = 0; j < n; j++) ((int64_t *)v[i])[j] = pa->values[j];
+    } else {
+      float *f = v[i];
+      double s = pa->fan_in > 0 ? scale / sqrt(pa->fan_in) : scale;
+      for (long j = 0; j < n; j++) f[j] = (float)(s * mg_normal(r));
+    }
+  }
+  return v;
+}

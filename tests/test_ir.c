@@ -1,0 +1,205 @@
+/*
+** tests/test_ir.c: lowering checked against mathematics, in the reference
+** interpreter (double precision): inverses, log-dets against finite
+** differences, log_prob against the change of variables, and every pass
+** against -O0.
+*/
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir.h"
+#include "modelgen.h"
+#include "passes.h"
+
+typedef struct fixture {
+  ir_arena *A;
+  ir_program *p;
+  void **params;
+} fixture;
+
+static void make(fixture *f, mg_rng *r, int D, int C, int nl, const ir_layerkind *kinds) {
+  f->A = ir_arena_new();
+  ir_model *m = mg_model(f->A, r, D, C, nl, kinds);
+  char err[256];
+  f->p = ir_lower(f->A, m, err, sizeof err);
+  cr_assert(f->p, "%s", err);
+  f->params = mg_params(f->A, r, f->p, 1.0);
+}
+
+static void run(const fixture *f, ir_entry e, long n, const double *in, const double *ctx,
+                double *o0, double *o1) {
+  char err[256];
+  int rc = ir_interp(f->p, f->p->entry[e], (const void *const *)f->params, n, in, ctx, o0, o1,
+                     err, sizeof err);
+  cr_assert_eq(rc, 0, "%s", err);
+}
+
+static double *randn(mg_rng *r, long n, double s) {
+  double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+  for (long i = 0; i < n; i++) v[i] = s * mg_normal(r);
+  return v;
+}
+
+/* log|det| of a D x D matrix by Gaussian elimination with pivoting. */
+static double logabsdet(double *M, int D) {
+  double s = 0;
+  for (int c = 0; c < D; c++) {
+    int p = c;
+    for (int i = c + 1; i < D; i++)
+      if (fabs(M[i * D + c]) > fabs(M[p * D + c])) p = i;
+    for (int j = 0; j < D; j++) {
+      double t = M[c * D + j];
+      M[c * D + j] = M[p * D + j];
+      M[p * D + j] = t;
+    }
+    s += log(fabs(M[c * D + c]));
+    for (int i = c + 1; i < D; i++) {
+      double q = M[i * D + c] / M[c * D + c];
+      for (int j = c; j < D; j++) M[i * D + j] -= q * M[c * D + j];
+    }
+  }
+  return s;
+}
+
+/* Checks one random model at one random point. */
+static void check_model(mg_rng *r, int D, int C, int nl, const ir_layerkind *kinds) {
+  fixture f;
+  make(&f, r, D, C, nl, kinds);
+  double *x = randn(r, D, 1.5), *c = randn(r, C, 1.0);
+  double z[64], xr[64], lde, ldd, lp;
+  run(&f, IR_ENTRY_ENCODE_LD, 1, x, c, z, &lde);
+  run(&f, IR_ENTRY_DECODE_LD, 1, z, c, xr, &ldd);
+  for (int i = 0; i < D; i++)
+    cr_assert(fabs(xr[i] - x[i]) < 1e-8 * (1 + fabs(x[i])), "round trip dim %d: %g vs %g", i,
+              xr[i], x[i]);
+  cr_assert(fabs(lde + ldd) < 1e-8 * (1 + fabs(lde)), "encode ld %g, decode ld %g", lde, ldd);
+  /* log-det against central differences of the encode map */
+  double J[64 * 64], zp[64], zm[64], h = 1e-6;
+  for (int j = 0; j < D; j++) {
+    double xp[64], xm[64];
+    memcpy(xp, x, (size_t)D * sizeof *x);
+    memcpy(xm, x, (size_t)D * sizeof *x);
+    xp[j] += h;
+    xm[j] -= h;
+    run(&f, IR_ENTRY_ENCODE, 1, xp, c, zp, NULL);
+    run(&f, IR_ENTRY_ENCODE, 1, xm, c, zm, NULL);
+    for (int i = 0; i < D; i++) J[i * D + j] = (zp[i] - zm[i]) / (2 * h);
+  }
+  double fd = logabsdet(J, D);
+  cr_assert(fabs(fd - lde) < 1e-4 * (1 + fabs(lde)), "log-det %g, finite differences %g", lde, fd);
+  /* log p(x) = log N(z) + log|det dz/dx| */
+  run(&f, IR_ENTRY_LOGPROB, 1, x, c, &lp, NULL);
+  double base = -0.5 * D * log(2 * M_PI);
+  for (int i = 0; i < D; i++) base -= 0.5 * z[i] * z[i];
+  cr_assert(fabs(lp - (base + lde)) < 1e-9 * (1 + fabs(lp)), "log_prob %g vs %g", lp, base + lde);
+  free(x);
+  free(c);
+  ir_arena_free(f.A);
+}
+
+Test(ir, each_layer_kind_alone) {
+  mg_rng r = {1};
+  for (int k = 0; k < LAYER_COUNT; k++)
+    for (int D = 1; D <= 5; D++)
+      for (int C = 0; C <= 3; C += 3) {
+        ir_layerkind kinds[1] = {(ir_layerkind)k};
+        check_model(&r, D, C, 1, kinds);
+      }
+}
+
+Test(ir, random_stacks) {
+  mg_rng r = {2};
+  for (int t = 0; t < 200; t++)
+    check_model(&r, 1 + (int)(mg_uniform(&r) * 7), mg_uniform(&r) < 0.5 ? 0 : 2,
+                1 + (int)(mg_uniform(&r) * 6), NULL);
+}
+
+Test(ir, empty_flow_is_identity) {
+  mg_rng r = {3};
+  fixture f;
+  make(&f, &r, 3, 0, 0, NULL);
+  double x[3] = {0.5, -1, 2}, z[3], ld = 7;
+  run(&f, IR_ENTRY_ENCODE_LD, 1, x, NULL, z, &ld);
+  cr_assert(z[0] == 0.5 && z[1] == -1 && z[2] == 2 && ld == 0);
+  ir_arena_free(f.A);
+}
+
+/* Every pass alone, and all together, against -O0, over a batch. */
+Test(ir, passes_preserve_numbers) {
+  int npass;
+  const pass_info *t = pass_table(&npass);
+  for (int seed = 0; seed < 40; seed++) {
+    long n = 5;
+    for (int cfg = -1; cfg <= npass; cfg++) {
+      mg_rng r = {100 + (uint64_t)seed}, r0 = r;
+      fixture f0, f;
+      make(&f0, &r0, 1 + seed % 6, seed % 3 == 0 ? 2 : 0, 1 + seed % 5, NULL);
+      make(&f, &r, 1 + seed % 6, seed % 3 == 0 ? 2 : 0, 1 + seed % 5, NULL);
+      if (cfg == npass) pass_pipeline(f.p, 3, NULL, NULL);
+      else if (cfg >= 0)
+        for (int e = 0; e < IR_NENTRY; e++) t[cfg].run(f.p->entry[e]);
+      int D = f.p->model->dim, C = f.p->model->context;
+      mg_rng rx = {7};
+      double *x = randn(&rx, n * D, 1.0), *c = randn(&rx, n * C, 1.0);
+      for (int e = 0; e < IR_NENTRY; e++) {
+        double a0[64], a1[8], b0[64], b1[8];
+        run(&f0, (ir_entry)e, n, x, c, a0, a1);
+        run(&f, (ir_entry)e, n, x, c, b0, b1);
+        long w = e == IR_ENTRY_LOGPROB ? 1 : D;
+        for (long i = 0; i < n * w; i++) cr_assert(a0[i] == b0[i], "entry %d cfg %d", e, cfg);
+        if (f.p->entry[e]->nouts == 2)
+          for (long i = 0; i < n; i++) cr_assert(a1[i] == b1[i], "ld entry %d cfg %d", e, cfg);
+      }
+      free(x);
+      free(c);
+      ir_arena_free(f0.A);
+      ir_arena_free(f.A);
+    }
+  }
+}
+
+/* DCE leaves no log-det work in the entries that do not return it. */
+Test(ir, dce_drops_logdet) {
+  mg_rng r = {5};
+  fixture f;
+  ir_layerkind kinds[3] = {LAYER_AFFINE_COUPLING, LAYER_ACTNORM, LAYER_SPLINE_COUPLING};
+  make(&f, &r, 4, 0, 3, kinds);
+  pass_pipeline(f.p, 2, NULL, NULL);
+  const ir_graph *g = f.p->entry[IR_ENTRY_DECODE];
+  for (int i = 0; i < g->nnodes; i++) cr_assert(g->nodes[i]->op != IR_ROWSUM, "rowsum left");
+  ir_arena_free(f.A);
+}
+
+/* The memory plan never lets a node's buffer overlap a live one. */
+Test(ir, memplan_no_overlap) {
+  mg_rng r = {6};
+  for (int t = 0; t < 50; t++) {
+    fixture f;
+    make(&f, &r, 2 + t % 5, t % 2 ? 3 : 0, 1 + t % 7, NULL);
+    pass_pipeline(f.p, 2, NULL, NULL);
+    for (int e = 0; e < IR_NENTRY; e++) {
+      const ir_graph *g = f.p->entry[e];
+      int N = g->nnodes;
+      int *last = calloc((size_t)N, sizeof *last);
+      for (int i = 0; i < N; i++) {
+        last[i] = i;
+        for (int k = 0; k < g->nodes[i]->nargs; k++) last[g->nodes[i]->args[k]->id] = i;
+      }
+      for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = N;
+      for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N && j <= last[i]; j++) {
+          const ir_node *a = g->nodes[i], *b = g->nodes[j];
+          if (a->offset < 0 || b->offset < 0 || !a->n || !b->n) continue;
+          int overlap = a->offset < b->offset + b->n && b->offset < a->offset + a->n;
+          cr_assert(!overlap || last[i] < j || (last[i] == j && 0),
+                    "entry %d: %%%d and %%%d overlap", e, i, j);
+        }
+      for (int i = 0; i < N; i++)
+        if (g->nodes[i]->offset >= 0) cr_assert(g->nodes[i]->offset + g->nodes[i]->n <= g->scratch);
+      free(last);
+    }
+    ir_arena_free(f.A);
+  }
+}
