@@ -106,6 +106,18 @@ int rt_weights_load_mem(const rt_desc *d, const void *buf, size_t len,
 /* Writes to PATH.tmp and renames, so a failure never leaves half a file. */
 int rt_weights_save(const rt_desc *d, const rt_weights *w, const char *path,
                     char *err, size_t errlen);
+/* Any list of named F32 / I64 tensors as safetensors (atomically, as
+** above); meta is NULL or a NULL-terminated list of key, value strings for
+** __metadata__. Used by rt_weights_save, tests and tools. */
+typedef struct rt_named_tensor {
+  const char *name;
+  rt_dtype dtype;
+  int ndim;                 /* 0 .. 8 */
+  long shape[8];
+  const void *data;         /* float* or int64_t*, C order */
+} rt_named_tensor;
+int rt_safetensors_save(const char *path, const rt_named_tensor *t, int n,
+                        const char *const *meta, char *err, size_t errlen);
 int rt_weights_init(const rt_desc *d, uint64_t seed, rt_weights *w,
                     char *err, size_t errlen);
 void rt_weights_free(rt_weights *w);
@@ -150,6 +162,9 @@ int rt_array_load(const char *path, rt_array *a, char *err, size_t errlen);
 int rt_npy_save(const char *path, const float *data, int ndim, const long *shape,
                 char *err, size_t errlen);
 void rt_array_free(rt_array *a);
+/* 0 when every value is finite; else -1 and a message naming what, the
+** row and the column of the first NaN or infinity. */
+int rt_array_check_finite(const rt_array *a, const char *what, char *err, size_t errlen);
 
 /* ---- counter-based RNG (rt_rng.c): Philox4x32-10 ---- */
 void rt_philox(uint64_t key, uint64_t ctr_hi, uint64_t ctr_lo, uint32_t out[4]);

@@ -1,0 +1,49 @@
+/*
+** codegen/cg.h: from a program that has been through pass_pipeline to
+** native code: the runtime descriptor, an in-process JIT (LLVM ORC LLJIT)
+** and a shared object with the flowc-cli.md API.
+**
+** Each entry becomes one kernel `void flowc_<model>_<entry>(void *const
+** *args, int64_t nrows)` with the ABI of runtime/rt.h; it processes up to
+** desc.tile rows through the whole graph, every column size a compile-time
+** constant. Only codegen/ includes the LLVM headers.
+*/
+#ifndef FLOWC_CG_H
+#define FLOWC_CG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "ir.h"
+#include "rt.h"
+
+typedef struct cg_jit cg_jit;
+
+/* Rows per kernel call chosen for p: 64, halved while tile * scratch floats
+** of the largest entry would exceed 512 KiB (at least 1). */
+int cg_tile(const ir_program *p);
+
+/* Descriptor of a program that has been through pass_pipeline. malloc'd,
+** free with rt_desc_free. NULL with err set when the program uses a
+** parameter-only op the runtime's prep program cannot compute. */
+rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen);
+rt_desc *cg_desc(const ir_program *p);
+
+/* JIT-compiles the 5 entries in process; kernels valid until cg_jit_free.
+** opt 0..3 = LLVM pipeline level (default<O0..O3>). NULL with err set. */
+cg_jit *cg_jit_new(const ir_program *p, int opt, char *err, size_t errlen);
+/* The kernels in rt entry order; NULL for an entry the program lacks. */
+void cg_jit_kernels(const cg_jit *j, rt_kernel out[RT_NENTRY]);
+double cg_jit_compile_ms(const cg_jit *j);
+void cg_jit_free(cg_jit *j);
+
+/* The optimised LLVM module as text. 0, or -1 with err set. */
+int cg_dump_llvm(const ir_program *p, int opt, FILE *f, char *err, size_t errlen);
+
+/* Writes so_path and NAME.h beside it (NAME = model name); weights (a
+** safetensors image) built in when non-NULL. Never leaves a partial file.
+** 0, or -1 with err set. */
+int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
+                const char *so_path, char *err, size_t errlen);
+
+#endif

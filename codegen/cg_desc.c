@@ -1,0 +1,158 @@
+/*
+** codegen/cg_desc.c: ir_program -> rt_desc.
+**
+** Parameters map one to one (ir_init and rt_init share their order). Each
+** entry's prep program is its parameter-class nodes with node->prep >= 0,
+** in prep order; an argument is an IR_PARAM (its parameter index) or an
+** earlier prep node (nparams + its prep index).
+*/
+#define _GNU_SOURCE
+#include "cg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return -1;
+}
+
+static int prep_op(ir_op op, rt_prep_op *out) {
+  switch (op) {
+  case IR_EXP: *out = RT_PREP_EXP; return 0;
+  case IR_NEG: *out = RT_PREP_NEG; return 0;
+  case IR_ROWSUM: *out = RT_PREP_SUM; return 0;
+  case IR_ADD: *out = RT_PREP_ADD; return 0;
+  case IR_SUB: *out = RT_PREP_SUB; return 0;
+  case IR_MUL: *out = RT_PREP_MUL; return 0;
+  case IR_CONST: *out = RT_PREP_CONST; return 0;
+  case IR_LU_W: *out = RT_PREP_LU_W; return 0;
+  case IR_LU_WINV: *out = RT_PREP_LU_WINV; return 0;
+  default: return -1;
+  }
+}
+
+static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err, size_t errlen) {
+  const ir_graph *g = p->entry[ent];
+  if (!g) return 0;
+  d->scratch = g->scratch;
+  d->has_ld = g->nouts == 2;
+  d->nprep = g->nprep;
+  if (g->nprep <= 0) return 0;
+  d->prep = calloc((size_t)g->nprep, sizeof *d->prep);
+  char *seen = calloc((size_t)g->nprep, 1);
+  if (!d->prep || !seen) {
+    free(seen);
+    return fail(err, errlen, "out of memory");
+  }
+  int rc = 0;
+  for (int i = 0; i < g->nnodes && !rc; i++) {
+    const ir_node *x = g->nodes[i];
+    if (x->batch || x->op == IR_PARAM || x->prep < 0) continue;
+    const char *en = ir_entry_name((ir_entry)ent);
+    if (x->prep >= g->nprep || seen[x->prep]) {
+      rc = fail(err, errlen, "%s: node %d has prep index %d (program of %d)", en, x->id,
+                x->prep, g->nprep);
+      break;
+    }
+    seen[x->prep] = 1;
+    rt_prep *r = &d->prep[x->prep];
+    if (prep_op(x->op, &r->op)) {
+      rc = fail(err, errlen, "%s: parameter-only %s (node %d) cannot be precomputed", en,
+                ir_op_name(x->op), x->id);
+      break;
+    }
+    r->nargs = x->nargs;
+    r->rows = x->rows;
+    r->n = x->n;
+    r->f = x->op == IR_CONST ? x->f0 : 0;
+    for (int k = 0; k < x->nargs; k++) {
+      const ir_node *a = x->args[k];
+      if (a->batch) {
+        rc = fail(err, errlen, "%s: parameter-only node %d has a batch argument", en, x->id);
+        break;
+      }
+      if (a->op == IR_PARAM) {
+        if (a->i0 < 0 || a->i0 >= p->nparams) {
+          rc = fail(err, errlen, "%s: parameter index %d out of range", en, a->i0);
+          break;
+        }
+        r->args[k] = a->i0;
+      } else if (a->prep >= 0 && a->prep < x->prep) {
+        r->args[k] = p->nparams + a->prep;
+      } else {
+        rc = fail(err, errlen, "%s: prep node %d uses node %d with prep index %d", en, x->id,
+                  a->id, a->prep);
+        break;
+      }
+    }
+  }
+  for (int q = 0; q < g->nprep && !rc; q++)
+    if (!seen[q]) rc = fail(err, errlen, "%s: prep index %d has no node", ir_entry_name((ir_entry)ent), q);
+  free(seen);
+  return rc;
+}
+
+rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
+  rt_desc *d = calloc(1, sizeof *d);
+  if (!d) {
+    fail(err, errlen, "out of memory");
+    return NULL;
+  }
+  const ir_model *m = p->model;
+  d->name = strdup(m && m->name ? m->name : "model");
+  d->dim = m ? m->dim : 0;
+  d->context = m ? m->context : 0;
+  d->tile = cg_tile(p);
+  d->nparams = p->nparams;
+  if (!d->name) goto oom;
+  if (p->nparams > 0) {
+    d->params = calloc((size_t)p->nparams, sizeof *d->params);
+    if (!d->params) goto oom;
+  }
+  for (int i = 0; i < p->nparams; i++) {
+    const ir_param *s = &p->params[i];
+    rt_param_desc *t = &d->params[i];
+    t->name = strdup(s->name ? s->name : "");
+    if (!t->name) goto oom;
+    t->dtype = s->dtype == IR_I64 ? RT_I64 : RT_F32;
+    t->ndim = s->ndim;
+    t->shape[0] = s->shape[0];
+    t->shape[1] = s->shape[1];
+    t->init = (rt_init)s->init;
+    t->fan_in = s->fan_in;
+    t->layer = s->layer;
+    t->seed = s->seed;
+    if (s->init == INIT_PERM_LIST && s->values && s->shape[0] > 0) {
+      t->values = malloc(sizeof *t->values * (size_t)s->shape[0]);
+      if (!t->values) goto oom;
+      memcpy(t->values, s->values, sizeof *t->values * (size_t)s->shape[0]);
+    }
+  }
+  for (int e = 0; e < RT_NENTRY; e++)
+    if (entry_desc(p, e, &d->entry[e], err, errlen)) {
+      rt_desc_free(d);
+      return NULL;
+    }
+  return d;
+oom:
+  fail(err, errlen, "out of memory");
+  rt_desc_free(d);
+  return NULL;
+}
+
+rt_desc *cg_desc(const ir_program *p) {
+  char err[256];
+  rt_desc *d = cg_desc_err(p, err, sizeof err);
+  if (!d) fprintf(stderr, "flowc: %s\n", err);
+  return d;
+}

@@ -1,0 +1,944 @@
+/*
+** codegen/cg_emit.c: IR graph -> one LLVM function per entry.
+**
+** void flowc_<model>_<entry>(ptr args, i64 nrows) walks the graph's nodes
+** in order. A batch node's value lives at scratch + offset*tile floats,
+** row-major [tile, n] (pass_memplan's offsets); inputs are read straight
+** from args[0]/args[1]. Parameters are args[4 + i], the prep results of the
+** entry args[4 + P + prep], constants are LLVM constants. Every column count
+** is a compile-time constant; only the row count is dynamic. Each node is
+** one loop nest over the rows of the tile; elementwise ops over contiguous
+** buffers are a single flat loop so that the vectorizer sees a simple loop.
+*/
+#define _GNU_SOURCE
+#include "cg_internal.h"
+
+#include <llvm-c/Analysis.h>
+#include <llvm-c/DebugInfo.h>
+#include <llvm-c/Transforms/PassBuilder.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const entry_names[RT_NENTRY] = {
+  "encode", "encode_ld", "decode", "decode_ld", "log_prob"
+};
+
+static const LLVMFastMathFlags FMF =
+    LLVMFastMathAllowReassoc | LLVMFastMathAllowContract | LLVMFastMathNoSignedZeros;
+
+/* ---- externals the kernels may call ---- */
+
+static const cg_extern_sym externs[] = {
+  {"rt_k_rqs", (void *)rt_k_rqs},
+  {"rt_k_rqs_inv", (void *)rt_k_rqs_inv},
+  {"rt_k_gemm", (void *)rt_k_gemm},
+  {"expf", (void *)expf},
+  {"expm1f", (void *)expm1f},
+  {"logf", (void *)logf},
+  {"log1pf", (void *)log1pf},
+  {"tanhf", (void *)tanhf},
+  {"erff", (void *)erff},
+  /* what LLVM may introduce by itself (loop idioms, libcall folding) */
+  {"memcpy", (void *)memcpy},
+  {"memmove", (void *)memmove},
+  {"memset", (void *)memset},
+  {"exp2f", (void *)exp2f},
+  {"ldexpf", (void *)ldexpf},
+  {"powf", (void *)powf},
+  {"sqrtf", (void *)sqrtf},
+  {"fabsf", (void *)fabsf},
+  {"fmaxf", (void *)fmaxf},
+  {"fminf", (void *)fminf},
+  {"floorf", (void *)floorf},
+};
+
+const cg_extern_sym *cg_extern_syms(int *n) {
+  *n = (int)(sizeof externs / sizeof externs[0]);
+  return externs;
+}
+
+/* ---- setup ---- */
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static void do_init(void) {
+  LLVMInitializeNativeTarget();
+  LLVMInitializeNativeAsmPrinter();
+  LLVMInitializeNativeAsmParser();
+}
+void cg_llvm_init(void) { pthread_once(&init_once, do_init); }
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return -1;
+}
+
+int cg_llvm_error(LLVMErrorRef e, const char *what, char *err, size_t errlen) {
+  char *m = LLVMGetErrorMessage(e);
+  fail(err, errlen, "%s: %s", what, m);
+  LLVMDisposeErrorMessage(m);
+  return -1;
+}
+
+LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen) {
+  cg_llvm_init();
+  char *triple = LLVMGetDefaultTargetTriple();
+  char *cpu = LLVMGetHostCPUName();
+  char *feat = LLVMGetHostCPUFeatures();
+  LLVMTargetRef T;
+  char *msg = NULL;
+  LLVMTargetMachineRef tm = NULL;
+  if (LLVMGetTargetFromTriple(triple, &T, &msg)) {
+    fail(err, errlen, "no LLVM target for %s: %s", triple, msg ? msg : "?");
+    LLVMDisposeMessage(msg);
+  } else {
+    LLVMCodeGenOptLevel lvl = opt <= 0 ? LLVMCodeGenLevelNone
+                            : opt == 1 ? LLVMCodeGenLevelLess
+                            : opt == 2 ? LLVMCodeGenLevelDefault
+                                       : LLVMCodeGenLevelAggressive;
+    tm = LLVMCreateTargetMachine(T, triple, cpu, feat, lvl, LLVMRelocPIC,
+                                 LLVMCodeModelDefault);
+    if (!tm) fail(err, errlen, "cannot create a target machine for %s", triple);
+  }
+  LLVMDisposeMessage(triple);
+  LLVMDisposeMessage(cpu);
+  LLVMDisposeMessage(feat);
+  return tm;
+}
+
+void cg_kernel_name(const ir_program *p, int e, char *buf, size_t len) {
+  const char *m = p->model && p->model->name ? p->model->name : "model";
+  snprintf(buf, len, "flowc_%s_%s", m, entry_names[e]);
+}
+
+int cg_tile(const ir_program *p) {
+  long s = 1;
+  for (int e = 0; e < IR_NENTRY; e++)
+    if (p->entry[e] && p->entry[e]->scratch > s) s = p->entry[e]->scratch;
+  int tile = 64;
+  while (tile > 1 && (long)tile * s * (long)sizeof(float) > 512L * 1024) tile /= 2;
+  return tile;
+}
+
+/* ---- the emitter ---- */
+
+typedef struct nval {
+  LLVMValueRef ptr;       /* float* of row 0, column 0 */
+  long stride;            /* floats between rows */
+  long lo, hi;            /* scratch range in offset units, lo < 0: none */
+} nval;
+
+typedef struct E {
+  LLVMContextRef C;
+  LLVMModuleRef M;
+  LLVMBuilderRef B;
+  LLVMTypeRef f32, i64, ptr, vt;
+  LLVMValueRef fn, nrows, scratch, acc, logd;
+  LLVMValueRef *pargs;    /* P parameter pointers */
+  LLVMValueRef *qargs;    /* Q prep pointers */
+  LLVMValueRef io[4];
+  const ir_program *p;
+  const ir_graph *g;
+  int tile, P, Q;
+  nval *v;
+  char *err;
+  size_t errlen;
+  /* alias metadata: every store of the current node's loop nest is in
+     scope `scope`; every load is marked noalias with it */
+  LLVMMetadataRef domain;
+  LLVMValueRef scope;
+  unsigned md_scope, md_noalias, md_loop;
+} E;
+
+static LLVMValueRef ci(E *e, long long v) {
+  return LLVMConstInt(e->i64, (unsigned long long)v, 1);
+}
+static LLVMValueRef cf(E *e, double v) { return LLVMConstReal(e->f32, (float)v); }
+
+static LLVMValueRef fm(LLVMValueRef v) {
+  if (LLVMIsAInstruction(v) && LLVMCanValueUseFastMathFlags(v)) LLVMSetFastMathFlags(v, FMF);
+  return v;
+}
+static LLVMValueRef f_add(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return fm(LLVMBuildFAdd(e->B, a, b, ""));
+}
+static LLVMValueRef f_sub(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return fm(LLVMBuildFSub(e->B, a, b, ""));
+}
+static LLVMValueRef f_mul(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return fm(LLVMBuildFMul(e->B, a, b, ""));
+}
+static LLVMValueRef f_div(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return fm(LLVMBuildFDiv(e->B, a, b, ""));
+}
+static LLVMValueRef f_neg(E *e, LLVMValueRef a) { return fm(LLVMBuildFNeg(e->B, a, "")); }
+static LLVMValueRef iadd(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildNSWAdd(e->B, a, b, "");
+}
+static LLVMValueRef imul(E *e, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildNSWMul(e->B, a, b, "");
+}
+static LLVMValueRef gepf(E *e, LLVMValueRef base, LLVMValueRef idx) {
+  return LLVMBuildInBoundsGEP2(e->B, e->f32, base, &idx, 1, "");
+}
+/* A distinct node !{self, ops...} (loop ids, alias domains and scopes). */
+static LLVMMetadataRef self_md(E *e, LLVMMetadataRef *ops, int n) {
+  LLVMMetadataRef all[4];
+  LLVMMetadataRef tmp = LLVMTemporaryMDNode(e->C, NULL, 0);
+  all[0] = tmp;
+  for (int i = 0; i < n; i++) all[1 + i] = ops[i];
+  LLVMMetadataRef md = LLVMMDNodeInContext2(e->C, all, (size_t)n + 1);
+  LLVMMetadataReplaceAllUsesWith(tmp, md);
+  return md;
+}
+
+/* Starts the alias scope of one node's loop nest: its result buffer is
+** disjoint from everything it reads (checked against the memory plan). */
+static void new_scope(E *e) {
+  LLVMMetadataRef sc = self_md(e, &e->domain, 1);
+  e->scope = LLVMMetadataAsValue(e->C, LLVMMDNodeInContext2(e->C, &sc, 1));
+}
+
+static LLVMValueRef ld_tag(E *e, LLVMValueRef v) {
+  if (e->scope) LLVMSetMetadata(v, e->md_noalias, e->scope);
+  return v;
+}
+static LLVMValueRef ldf(E *e, LLVMValueRef p) {
+  LLVMValueRef v = LLVMBuildLoad2(e->B, e->f32, p, "");
+  LLVMSetAlignment(v, 4);
+  return ld_tag(e, v);
+}
+static void stf(E *e, LLVMValueRef v, LLVMValueRef p) {
+  LLVMValueRef s = LLVMBuildStore(e->B, v, p);
+  LLVMSetAlignment(s, 4);
+  if (e->scope) LLVMSetMetadata(s, e->md_scope, e->scope);
+}
+
+/* Declares (once) an external function; libm ones are marked pure. */
+static LLVMValueRef ext_fn(E *e, const char *name, LLVMTypeRef ty, int pure) {
+  LLVMValueRef f = LLVMGetNamedFunction(e->M, name);
+  if (f) return f;
+  f = LLVMAddFunction(e->M, name, ty);
+  const char *attrs[] = {"nounwind", "willreturn"};
+  for (int i = 0; i < 2; i++) {
+    unsigned k = LLVMGetEnumAttributeKindForName(attrs[i], strlen(attrs[i]));
+    LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, k, 0));
+  }
+  if (pure) {
+    unsigned k = LLVMGetEnumAttributeKindForName("memory", 6);
+    LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, k, 0));
+  }
+  return f;
+}
+
+static LLVMValueRef libm1(E *e, const char *name, LLVMValueRef x) {
+  LLVMTypeRef ty = LLVMFunctionType(e->f32, &e->f32, 1, 0);
+  LLVMValueRef f = ext_fn(e, name, ty, 1);
+  return fm(LLVMBuildCall2(e->B, ty, f, &x, 1, ""));
+}
+
+static LLVMValueRef fabs_(E *e, LLVMValueRef x) {
+  unsigned id = LLVMLookupIntrinsicID("llvm.fabs", 9);
+  LLVMValueRef f = LLVMGetIntrinsicDeclaration(e->M, id, &e->f32, 1);
+  LLVMTypeRef ty = LLVMIntrinsicGetType(e->C, id, &e->f32, 1);
+  return fm(LLVMBuildCall2(e->B, ty, f, &x, 1, ""));
+}
+
+static LLVMValueRef fcmp(E *e, LLVMRealPredicate pr, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildFCmp(e->B, pr, a, b, "");
+}
+static LLVMValueRef sel(E *e, LLVMValueRef c, LLVMValueRef a, LLVMValueRef b) {
+  return LLVMBuildSelect(e->B, c, a, b, "");
+}
+
+/* log1p(exp(-|x|)), the tail shared by softplus and logsigmoid */
+static LLVMValueRef softplus_tail(E *e, LLVMValueRef x) {
+  return libm1(e, "log1pf", libm1(e, "expf", f_neg(e, fabs_(e, x))));
+}
+
+/* min(x, c) / max(x, c) that keep a NaN x */
+static LLVMValueRef fmin_c(E *e, LLVMValueRef x, double c) {
+  return LLVMBuildSelect(e->B, LLVMBuildFCmp(e->B, LLVMRealOGT, x, cf(e, c), ""), cf(e, c), x, "");
+}
+
+static LLVMValueRef silu(E *e, LLVMValueRef x) {
+  /* exp(-x) clamped below overflow: libm's overflow path is slow, and
+     x / (1 + e^88) is -0 to within 1e-36 */
+  LLVMValueRef d = f_add(e, cf(e, 1), libm1(e, "expf", fmin_c(e, f_neg(e, x), 88)));
+  return f_div(e, x, d);
+}
+
+static LLVMValueRef unary(E *e, ir_op op, LLVMValueRef x) {
+  LLVMValueRef zero = cf(e, 0);
+  switch (op) {
+  case IR_RELU: /* NaN passes through */
+    return sel(e, fcmp(e, LLVMRealOLT, x, zero), zero, x);
+  case IR_GELU: {
+    LLVMValueRef t = libm1(e, "erff", f_mul(e, x, cf(e, M_SQRT1_2)));
+    return f_mul(e, f_mul(e, cf(e, 0.5), x), f_add(e, cf(e, 1), t));
+  }
+  case IR_GELU_TANH: {
+    LLVMValueRef x3 = f_mul(e, f_mul(e, x, x), x);
+    LLVMValueRef u = f_mul(e, cf(e, 0.7978845608028654), f_add(e, x, f_mul(e, cf(e, 0.044715), x3)));
+    return f_mul(e, f_mul(e, cf(e, 0.5), x), f_add(e, cf(e, 1), libm1(e, "tanhf", u)));
+  }
+  case IR_SILU: return silu(e, x);
+  case IR_TANH: return libm1(e, "tanhf", x);
+  case IR_ELU:
+    return sel(e, fcmp(e, LLVMRealOGT, x, zero), x, libm1(e, "expm1f", fmin_c(e, x, 0)));
+  case IR_SOFTPLUS: {
+    LLVMValueRef mx = sel(e, fcmp(e, LLVMRealOGT, x, zero), x, zero);
+    return f_add(e, mx, softplus_tail(e, x));
+  }
+  case IR_LIPSWISH: return f_div(e, silu(e, x), cf(e, 1.1));
+  case IR_EXP: return libm1(e, "expf", x);
+  case IR_NEG: return f_neg(e, x);
+  case IR_LOGSIGMOID: {
+    LLVMValueRef mn = sel(e, fcmp(e, LLVMRealOLT, x, zero), x, zero);
+    return f_sub(e, mn, softplus_tail(e, x));
+  }
+  case IR_SQUARE: return f_mul(e, x, x);
+  default: return NULL;
+  }
+}
+
+static LLVMValueRef binary(E *e, ir_op op, LLVMValueRef a, LLVMValueRef b) {
+  switch (op) {
+  case IR_ADD: return f_add(e, a, b);
+  case IR_SUB: return f_sub(e, a, b);
+  case IR_MUL: return f_mul(e, a, b);
+  default: return NULL;
+  }
+}
+
+/* ---- loops: for (iv = 0; iv < n; iv++), guarded ---- */
+
+typedef struct loop {
+  LLVMValueRef iv, n;
+  LLVMBasicBlockRef body, exit;
+} loop;
+
+static void loop_begin(E *e, loop *L, LLVMValueRef n) {
+  LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->B);
+  L->body = LLVMAppendBasicBlockInContext(e->C, e->fn, "loop");
+  L->exit = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
+  L->n = n;
+  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGT, n, ci(e, 0), ""), L->body, L->exit);
+  LLVMPositionBuilderAtEnd(e->B, L->body);
+  L->iv = LLVMBuildPhi(e->B, e->i64, "i");
+  LLVMValueRef z = ci(e, 0);
+  LLVMAddIncoming(L->iv, &z, &pre, 1);
+}
+
+static void loop_end(E *e, loop *L) {
+  LLVMValueRef nx = LLVMBuildNUWAdd(e->B, L->iv, ci(e, 1), "");
+  LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->B);
+  LLVMValueRef br = LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSLT, nx, L->n, ""), L->body, L->exit);
+  if (!LLVMIsAConstantInt(L->n)) {
+    /* row loops: vectorised, not runtime-unrolled (that only multiplies code
+       and compile time; the column loops inside are unrolled fully) */
+    static const char k[] = "llvm.loop.unroll.runtime.disable";
+    LLVMMetadataRef str = LLVMMDStringInContext2(e->C, k, sizeof k - 1);
+    LLVMMetadataRef prop = LLVMMDNodeInContext2(e->C, &str, 1);
+    LLVMSetMetadata(br, e->md_loop, LLVMMetadataAsValue(e->C, self_md(e, &prop, 1)));
+  }
+  LLVMAddIncoming(L->iv, &nx, &latch, 1);
+  LLVMPositionBuilderAtEnd(e->B, L->exit);
+}
+
+/* ---- node values ---- */
+
+static int efail(E *e, const ir_node *x, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int efail(E *e, const ir_node *x, const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return fail(e->err, e->errlen, "codegen: node %d (%s): %s", x ? x->id : -1,
+              x ? ir_op_name(x->op) : "?", msg);
+}
+
+/* float* of a parameter-class node (not IR_CONST); NULL + err */
+static LLVMValueRef pptr(E *e, const ir_node *x) {
+  if (x->op == IR_PARAM) {
+    if (x->i0 < 0 || x->i0 >= e->P) {
+      efail(e, x, "parameter index %d out of range", x->i0);
+      return NULL;
+    }
+    return e->pargs[x->i0];
+  }
+  if (x->prep < 0 || x->prep >= e->Q) {
+    efail(e, x, "parameter-only node without a prep slot (prep %d of %d)", x->prep, e->Q);
+    return NULL;
+  }
+  return e->qargs[x->prep];
+}
+
+static int is_f32_param(E *e, const ir_node *x) {
+  return x->op != IR_PARAM || e->p->params[x->i0].dtype == IR_F32;
+}
+
+/* Checks that a float operand can be read by get(); 0 or -1. */
+static int check_operand(E *e, const ir_node *node, const ir_node *x) {
+  if (x->batch) return 0;
+  if (x->op == IR_CONST) return 0;
+  if (x->op == IR_PARAM && (x->i0 < 0 || x->i0 >= e->P))
+    return efail(e, node, "parameter index %d out of range", x->i0);
+  if (!is_f32_param(e, x)) return efail(e, node, "an I64 parameter used as float");
+  if (x->rows != 1) return efail(e, node, "parameter operand of shape [%d, %d], not one row",
+                                 x->rows, x->n);
+  return pptr(e, x) ? 0 : -1;
+}
+
+/* Element (r, c) of x with broadcast: params are one row, width-1 tensors
+** broadcast along columns. */
+static LLVMValueRef get(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
+  if (x->op == IR_CONST) return cf(e, x->f0);
+  if (x->n == 1) c = ci(e, 0);
+  if (!x->batch) return ldf(e, gepf(e, pptr(e, x), c));
+  nval *v = &e->v[x->id];
+  return ldf(e, gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), c)));
+}
+
+static LLVMValueRef dst(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
+  nval *v = &e->v[x->id];
+  return gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), c));
+}
+
+static int overlaps(const nval *a, const nval *b) {
+  return a->lo >= 0 && b->lo >= 0 && a->lo < a->hi && b->lo < b->hi && a->lo < b->hi &&
+         b->lo < a->hi;
+}
+
+/* ---- ops ---- */
+
+static int emit_elementwise(E *e, const ir_node *x) {
+  int n = x->n, flat = 1;
+  nval *d = &e->v[x->id];
+  for (int k = 0; k < x->nargs; k++) {
+    const ir_node *a = x->args[k];
+    if (check_operand(e, x, a)) return -1;
+    if (a->batch) {
+      nval *v = &e->v[a->id];
+      if (a->n != n && a->n != 1) return efail(e, x, "operand width %d, result %d", a->n, n);
+      if (a->n != n || v->stride != n) flat = 0;
+      if (overlaps(d, v)) {
+        if (!(d->lo == v->lo && d->hi == v->hi && v->stride == n))
+          return efail(e, x, "result buffer partly overlaps operand %d", k);
+        e->scope = NULL; /* in place: loads and stores do alias */
+      }
+    } else if (a->op != IR_CONST) {
+      if (a->n != n && a->n != 1) return efail(e, x, "operand width %d, result %d", a->n, n);
+      if (a->n != 1) flat = 0;
+    }
+  }
+  if (n == 0) return 0;
+  LLVMValueRef vals[2];
+  if (flat) {
+    loop L;
+    loop_begin(e, &L, imul(e, e->nrows, ci(e, n)));
+    for (int k = 0; k < x->nargs; k++) {
+      const ir_node *a = x->args[k];
+      if (a->batch) vals[k] = ldf(e, gepf(e, e->v[a->id].ptr, L.iv));
+      else vals[k] = get(e, a, ci(e, 0), ci(e, 0));
+    }
+    LLVMValueRef y = x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
+    stf(e, y, gepf(e, d->ptr, L.iv));
+    loop_end(e, &L);
+    return 0;
+  }
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, n));
+  for (int k = 0; k < x->nargs; k++) vals[k] = get(e, x->args[k], R.iv, Cl.iv);
+  LLVMValueRef y = x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
+  stf(e, y, dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+/* Refuses a result buffer that overlaps a batch operand's. */
+static int check_disjoint(E *e, const ir_node *x) {
+  for (int k = 0; k < x->nargs; k++)
+    if (x->args[k]->batch && overlaps(&e->v[x->id], &e->v[x->args[k]->id]))
+      return efail(e, x, "result buffer overlaps operand %d", k);
+  return 0;
+}
+
+static void emit_linear_inline(E *e, const ir_node *x, const ir_node *in, LLVMValueRef W,
+                               const ir_node *b) {
+  int ni = in->n, no = x->n;
+  loop R, O, I;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &O, ci(e, no));
+  LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), O.iv) : cf(e, 0), e->acc);
+  if (ni > 0) {
+    loop_begin(e, &I, ci(e, ni));
+    LLVMValueRef xv = get(e, in, R.iv, I.iv);
+    LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, O.iv, ci(e, ni)), I.iv)));
+    LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->acc, "");
+    LLVMBuildStore(e->B, f_add(e, a, f_mul(e, xv, wv)), e->acc);
+    loop_end(e, &I);
+  }
+  stf(e, LLVMBuildLoad2(e->B, e->f32, e->acc, ""), dst(e, x, R.iv, O.iv));
+  loop_end(e, &O);
+  loop_end(e, &R);
+}
+
+static int emit_linear(E *e, const ir_node *x) {
+  if (x->nargs < 2) return efail(e, x, "linear without a weight");
+  const ir_node *in = x->args[0], *Wn = x->args[1], *b = x->nargs > 2 ? x->args[2] : NULL;
+  if (!in->batch) return efail(e, x, "linear of a parameter tensor");
+  if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
+    return efail(e, x, "weight must be a float parameter tensor");
+  if (Wn->rows != x->n || Wn->n != in->n)
+    return efail(e, x, "weight [%d, %d] for %d -> %d", Wn->rows, Wn->n, in->n, x->n);
+  if (b) {
+    if (b->batch) return efail(e, x, "bias must be a parameter tensor");
+    if (check_operand(e, x, b)) return -1;
+    if (b->n != x->n && b->n != 1) return efail(e, x, "bias width %d for %d outputs", b->n, x->n);
+  }
+  if (check_disjoint(e, x)) return -1;
+  LLVMValueRef W = pptr(e, Wn);
+  if (!W) return -1;
+  if (x->n == 0) return 0;
+  int gemm = (long)in->n * x->n >= CG_GEMM_MIN_SIZE && e->v[in->id].stride == in->n &&
+             (!b || (b->op != IR_CONST && b->n == x->n));
+  if (!gemm) {
+    emit_linear_inline(e, x, in, W, b);
+    return 0;
+  }
+  LLVMBasicBlockRef big = LLVMAppendBasicBlockInContext(e->C, e->fn, "gemm");
+  LLVMBasicBlockRef small = LLVMAppendBasicBlockInContext(e->C, e->fn, "dot");
+  LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
+  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, CG_GEMM_MIN_ROWS), ""),
+                  big, small);
+  LLVMPositionBuilderAtEnd(e->B, big);
+  LLVMTypeRef pt[7] = {e->i64, e->i64, e->i64, e->ptr, e->ptr, e->ptr, e->ptr};
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 7, 0);
+  LLVMValueRef f = ext_fn(e, "rt_k_gemm", ty, 0);
+  LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
+                        b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
+  LLVMBuildCall2(e->B, ty, f, av, 7, "");
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, small);
+  emit_linear_inline(e, x, in, W, b);
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, join);
+  return 0;
+}
+
+static int emit_slice(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (x->i0 < 0 || x->i0 + x->n > a->n) return efail(e, x, "slice [%d, %d) of width %d",
+                                                     x->i0, x->i0 + x->n, a->n);
+  if (check_operand(e, x, a) || check_disjoint(e, x)) return -1;
+  if (x->n == 0) return 0;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, x->n));
+  stf(e, get(e, a, R.iv, iadd(e, Cl.iv, ci(e, x->i0))), dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+static int emit_concat(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0], *b = x->args[1];
+  if (a->n + b->n != x->n) return efail(e, x, "concat %d + %d != %d", a->n, b->n, x->n);
+  if (check_operand(e, x, a) || check_operand(e, x, b) || check_disjoint(e, x)) return -1;
+  if (x->n == 0) return 0;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  for (int k = 0; k < 2; k++) {
+    const ir_node *s = x->args[k];
+    if (s->n == 0) continue;
+    loop_begin(e, &Cl, ci(e, s->n));
+    LLVMValueRef v = s->op == IR_CONST ? cf(e, s->f0) : get(e, s, R.iv, Cl.iv);
+    stf(e, v, dst(e, x, R.iv, k ? iadd(e, Cl.iv, ci(e, a->n)) : Cl.iv));
+    loop_end(e, &Cl);
+  }
+  loop_end(e, &R);
+  return 0;
+}
+
+static int emit_gather(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (check_operand(e, x, a) || check_disjoint(e, x)) return -1;
+  LLVMValueRef idx;
+  int scatter = 0;
+  if (x->nargs >= 2) {
+    const ir_node *pn = x->args[1];
+    if (pn->op != IR_PARAM || e->p->params[pn->i0].dtype != IR_I64)
+      return efail(e, x, "permutation must be an I64 parameter");
+    if (pn->rows * pn->n != x->n) return efail(e, x, "permutation of %d entries for width %d",
+                                               pn->rows * pn->n, x->n);
+    if (x->i1 && a->n != x->n) return efail(e, x, "scatter of width %d into %d", a->n, x->n);
+    idx = pptr(e, pn);
+    if (!idx) return -1;
+    scatter = x->i1;
+  } else {
+    if (!x->idx) return efail(e, x, "gather without a permutation");
+    /* the inverse (a scatter) of a constant permutation is the gather of
+       the inverted permutation */
+    LLVMValueRef *c = malloc(sizeof *c * (x->n ? x->n : 1));
+    int *inv = malloc(sizeof *inv * (x->n ? x->n : 1));
+    if (!c || !inv) {
+      free(c);
+      free(inv);
+      return efail(e, x, "out of memory");
+    }
+    for (int i = 0; i < x->n; i++) inv[i] = -1;
+    for (int i = 0; i < x->n; i++) {
+      int k = x->idx[i];
+      if (k < 0 || k >= a->n || (x->i1 && (a->n != x->n || inv[k] >= 0))) {
+        free(c);
+        free(inv);
+        return efail(e, x, "index %d at %d is not a permutation of %d", k, i, a->n);
+      }
+      if (x->i1) inv[k] = i;
+    }
+    for (int i = 0; i < x->n; i++) c[i] = ci(e, x->i1 ? inv[i] : x->idx[i]);
+    free(inv);
+    LLVMValueRef init = LLVMConstArray2(e->i64, c, (uint64_t)x->n);
+    free(c);
+    char name[64];
+    snprintf(name, sizeof name, "perm.%d", x->id);
+    idx = LLVMAddGlobal(e->M, LLVMTypeOf(init), name);
+    LLVMSetInitializer(idx, init);
+    LLVMSetGlobalConstant(idx, 1);
+    LLVMSetLinkage(idx, LLVMPrivateLinkage);
+    LLVMSetUnnamedAddress(idx, LLVMGlobalUnnamedAddr);
+    LLVMSetAlignment(idx, 8);
+  }
+  if (x->n == 0) return 0;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, x->n));
+  LLVMValueRef ip = LLVMBuildInBoundsGEP2(e->B, e->i64, idx, &Cl.iv, 1, "");
+  LLVMValueRef k = ld_tag(e, LLVMBuildLoad2(e->B, e->i64, ip, ""));
+  LLVMSetAlignment(k, 8);
+  if (scatter) stf(e, get(e, a, R.iv, Cl.iv), dst(e, x, R.iv, k));
+  else stf(e, get(e, a, R.iv, k), dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+static int emit_rqs(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0], *h = x->args[1];
+  int m = a->n, K = x->i0, hw = 3 * K - 1;
+  if (K < 1) return efail(e, x, "%d bins", K);
+  if (!a->batch || !h->batch) return efail(e, x, "spline of a parameter tensor");
+  if (h->n != m * hw || x->n != 2 * m)
+    return efail(e, x, "spline widths x %d, h %d, y %d for %d bins", m, h->n, x->n, K);
+  if (check_disjoint(e, x)) return -1;
+  if (m == 0) return 0;
+  LLVMTypeRef pt[5] = {e->f32, e->ptr, e->i64, e->f32, e->ptr};
+  LLVMTypeRef ty = LLVMFunctionType(e->f32, pt, 5, 0);
+  LLVMValueRef f = ext_fn(e, x->i1 ? "rt_k_rqs_inv" : "rt_k_rqs", ty, 0);
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, m));
+  LLVMValueRef hp = gepf(e, e->v[h->id].ptr,
+                         iadd(e, imul(e, R.iv, ci(e, e->v[h->id].stride)), imul(e, Cl.iv, ci(e, hw))));
+  LLVMValueRef av[5] = {get(e, a, R.iv, Cl.iv), hp, ci(e, K), cf(e, x->f0), e->logd};
+  LLVMValueRef y = LLVMBuildCall2(e->B, ty, f, av, 5, "");
+  stf(e, y, dst(e, x, R.iv, Cl.iv));
+  stf(e, LLVMBuildLoad2(e->B, e->f32, e->logd, ""), dst(e, x, R.iv, iadd(e, Cl.iv, ci(e, m))));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+static int emit_rowsum(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (x->n != 1) return efail(e, x, "row sum of width %d", x->n);
+  if (check_operand(e, x, a) || check_disjoint(e, x)) return -1;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  LLVMBuildStore(e->B, cf(e, 0), e->acc);
+  if (a->n > 0) {
+    loop_begin(e, &Cl, ci(e, a->n));
+    LLVMValueRef s = LLVMBuildLoad2(e->B, e->f32, e->acc, "");
+    LLVMBuildStore(e->B, f_add(e, s, get(e, a, R.iv, Cl.iv)), e->acc);
+    loop_end(e, &Cl);
+  }
+  stf(e, LLVMBuildLoad2(e->B, e->f32, e->acc, ""), dst(e, x, R.iv, ci(e, 0)));
+  loop_end(e, &R);
+  return 0;
+}
+
+/* Copies output k (any class) into args[2 + k], row stride = its width. */
+static int emit_output(E *e, int k) {
+  const ir_node *o = e->g->outs[k];
+  if (check_operand(e, NULL, o)) return -1;
+  if (!o->batch && o->op != IR_CONST && o->rows != 1)
+    return efail(e, o, "output parameter tensor of %d rows", o->rows);
+  if (o->n == 0) return 0;
+  LLVMValueRef d = e->io[2 + k];
+  LLVMBasicBlockRef join = NULL;
+  new_scope(e);
+  if (k == 1) { /* out1 may be NULL */
+    LLVMBasicBlockRef go = LLVMAppendBasicBlockInContext(e->C, e->fn, "ld");
+    join = LLVMAppendBasicBlockInContext(e->C, e->fn, "ret");
+    LLVMBuildCondBr(e->B, LLVMBuildIsNotNull(e->B, d, ""), go, join);
+    LLVMPositionBuilderAtEnd(e->B, go);
+  }
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, o->n));
+  stf(e, get(e, o, R.iv, Cl.iv), gepf(e, d, iadd(e, imul(e, R.iv, ci(e, o->n)), Cl.iv)));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  if (join) {
+    LLVMBuildBr(e->B, join);
+    LLVMPositionBuilderAtEnd(e->B, join);
+  }
+  return 0;
+}
+
+static void add_fn_attr(E *e, const char *k, const char *v) {
+  LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex,
+                          LLVMCreateStringAttribute(e->C, k, (unsigned)strlen(k), v,
+                                                    (unsigned)strlen(v)));
+}
+
+static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *feat) {
+  const ir_graph *g = e->g;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i]->id != i)
+      return fail(e->err, e->errlen, "codegen: %s graph not renumbered (node %d has id %d)",
+                  entry_names[ent], i, g->nodes[i]->id);
+  if (g->nouts < 1 || g->nouts > 2)
+    return fail(e->err, e->errlen, "codegen: %s graph has %d outputs", entry_names[ent], g->nouts);
+  if (g->nprep < 0 || g->scratch < 0)
+    return fail(e->err, e->errlen, "codegen: %s graph has not been through pass_memplan",
+                entry_names[ent]);
+
+  char name[256];
+  cg_kernel_name(e->p, ent, name, sizeof name);
+  LLVMTypeRef pt[2] = {e->ptr, e->i64};
+  LLVMTypeRef fty = LLVMFunctionType(e->vt, pt, 2, 0);
+  e->fn = LLVMAddFunction(e->M, name, fty);
+  if (hidden) LLVMSetVisibility(e->fn, LLVMHiddenVisibility);
+  add_fn_attr(e, "target-cpu", cpu);
+  add_fn_attr(e, "target-features", feat);
+  unsigned nu = LLVMGetEnumAttributeKindForName("nounwind", 8);
+  LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, nu, 0));
+
+  LLVMValueRef args = LLVMGetParam(e->fn, 0);
+  e->nrows = LLVMGetParam(e->fn, 1);
+  LLVMSetValueName2(args, "args", 4);
+  LLVMSetValueName2(e->nrows, "nrows", 5);
+
+  e->scope = NULL;
+  {
+    LLVMMetadataRef nm = LLVMMDStringInContext2(e->C, name, strlen(name));
+    e->domain = self_md(e, &nm, 1);
+  }
+  LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->C, e->fn, "entry");
+  LLVMPositionBuilderAtEnd(e->B, entry);
+  e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
+  e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
+  e->Q = g->nprep;
+  int nargs = 4 + e->P + e->Q + 1;
+  LLVMValueRef *av = malloc(sizeof *av * nargs);
+  if (!av) return fail(e->err, e->errlen, "codegen: out of memory");
+  for (int k = 0; k < nargs; k++) {
+    LLVMValueRef i = ci(e, k);
+    LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, args, &i, 1, "");
+    av[k] = LLVMBuildLoad2(e->B, e->ptr, p, "");
+    LLVMSetAlignment(av[k], 8);
+  }
+  for (int k = 0; k < 4; k++) e->io[k] = av[k];
+  e->pargs = av + 4;
+  e->qargs = av + 4 + e->P;
+  e->scratch = av[4 + e->P + e->Q];
+
+  /* liveness: what the outputs depend on */
+  char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
+  e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
+  int rc = 0;
+  if (!live || !e->v) {
+    rc = fail(e->err, e->errlen, "codegen: out of memory");
+    goto done;
+  }
+  for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
+  for (int i = g->nnodes - 1; i >= 0; i--)
+    if (live[i])
+      for (int k = 0; k < g->nodes[i]->nargs; k++) live[g->nodes[i]->args[k]->id] = 1;
+
+  for (int i = 0; i < g->nnodes && !rc; i++) {
+    const ir_node *x = g->nodes[i];
+    nval *v = &e->v[i];
+    v->lo = v->hi = -1;
+    if (!x->batch || !live[i]) continue;
+    for (int k = 0; k < x->nargs; k++)
+      if (!x->args[k]) {
+        rc = efail(e, x, "missing argument %d", k);
+        break;
+      }
+    if (rc) break;
+    if (x->op == IR_INPUT) {
+      if (x->i0 != 0 && x->i0 != 1) {
+        rc = efail(e, x, "input slot %d", x->i0);
+        break;
+      }
+      v->ptr = e->io[x->i0];
+      v->stride = x->n;
+      continue;
+    }
+    if (x->offset < 0) {
+      if (x->op == IR_SLICE && x->args[0]->batch) { /* a view of its argument */
+        nval *a = &e->v[x->args[0]->id];
+        if (x->i0 < 0 || x->i0 + x->n > x->args[0]->n) {
+          rc = efail(e, x, "slice out of range");
+          break;
+        }
+        v->ptr = gepf(e, a->ptr, ci(e, x->i0));
+        v->stride = a->stride;
+        v->lo = a->lo;
+        v->hi = a->hi;
+        continue;
+      }
+      rc = efail(e, x, "batch node without a scratch buffer");
+      break;
+    }
+    if (x->offset + x->n > g->scratch) {
+      rc = efail(e, x, "buffer [%ld, %ld) beyond scratch %ld", x->offset, x->offset + x->n,
+                 g->scratch);
+      break;
+    }
+    v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile));
+    v->stride = x->n;
+    v->lo = x->offset;
+    v->hi = x->offset + x->n;
+    new_scope(e);
+    if (ir_is_unary(x->op) || ir_is_binary(x->op)) rc = emit_elementwise(e, x);
+    else switch (x->op) {
+    case IR_LINEAR: rc = emit_linear(e, x); break;
+    case IR_SLICE: rc = emit_slice(e, x); break;
+    case IR_CONCAT: rc = emit_concat(e, x); break;
+    case IR_GATHER: rc = emit_gather(e, x); break;
+    case IR_RQS: rc = emit_rqs(e, x); break;
+    case IR_ROWSUM: rc = emit_rowsum(e, x); break;
+    default: rc = efail(e, x, "not a batch operation"); break;
+    }
+  }
+  for (int k = 0; k < g->nouts && !rc; k++) rc = emit_output(e, k);
+  if (!rc) LLVMBuildRetVoid(e->B);
+done:
+  free(live);
+  free(e->v);
+  e->v = NULL;
+  free(av);
+  if (rc) { /* leave no half-built function behind */
+    LLVMClearInsertionPosition(e->B);
+    LLVMDeleteFunction(e->fn);
+  }
+  return rc;
+}
+
+int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm, int hidden,
+                   char *err, size_t errlen) {
+  if (!p || !p->model) return fail(err, errlen, "codegen: no program");
+  E e = {0};
+  e.C = LLVMGetModuleContext(M);
+  e.M = M;
+  e.B = LLVMCreateBuilderInContext(e.C);
+  e.f32 = LLVMFloatTypeInContext(e.C);
+  e.i64 = LLVMInt64TypeInContext(e.C);
+  e.ptr = LLVMPointerTypeInContext(e.C, 0);
+  e.vt = LLVMVoidTypeInContext(e.C);
+  e.p = p;
+  e.P = p->nparams;
+  e.tile = cg_tile(p);
+  e.err = err;
+  e.errlen = errlen;
+  e.md_scope = LLVMGetMDKindIDInContext(e.C, "alias.scope", 11);
+  e.md_noalias = LLVMGetMDKindIDInContext(e.C, "noalias", 7);
+  e.md_loop = LLVMGetMDKindIDInContext(e.C, "llvm.loop", 9);
+
+  char *triple = LLVMGetTargetMachineTriple(tm);
+  char *cpu = LLVMGetTargetMachineCPU(tm);
+  char *feat = LLVMGetTargetMachineFeatureString(tm);
+  LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+  LLVMSetTarget(M, triple);
+  LLVMSetModuleDataLayout(M, td);
+  LLVMDisposeTargetData(td);
+
+  int rc = 0;
+  for (int ent = 0; ent < RT_NENTRY && !rc; ent++) {
+    if (!p->entry[ent]) continue;
+    e.g = p->entry[ent];
+    rc = emit_kernel(&e, ent, hidden, cpu, feat);
+  }
+  LLVMDisposeBuilder(e.B);
+  LLVMDisposeMessage(triple);
+  LLVMDisposeMessage(cpu);
+  LLVMDisposeMessage(feat);
+  if (rc) return rc;
+
+  char *msg = NULL;
+  if (LLVMVerifyModule(M, LLVMReturnStatusAction, &msg)) {
+    fail(err, errlen, "codegen: internal error, invalid LLVM module: %s", msg ? msg : "?");
+    LLVMDisposeMessage(msg);
+    return -1;
+  }
+  LLVMDisposeMessage(msg);
+  return 0;
+}
+
+int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err, size_t errlen) {
+  if (opt < 0) opt = 0;
+  if (opt > 3) opt = 3;
+  char pipeline[32];
+  snprintf(pipeline, sizeof pipeline, "default<O%d>", opt);
+  LLVMPassBuilderOptionsRef o = LLVMCreatePassBuilderOptions();
+  /* Compile time matters as much as speed here (every command JITs): at
+     O2 LLVM's unroller and interleaving tripled compile time for no
+     measurable gain on flow models (their run time is in the libm calls
+     and the spline helper), so they are O3 only. */
+  LLVMPassBuilderOptionsSetLoopVectorization(o, opt >= 2);
+  LLVMPassBuilderOptionsSetSLPVectorization(o, opt >= 2);
+  LLVMPassBuilderOptionsSetLoopInterleaving(o, opt >= 3);
+  LLVMPassBuilderOptionsSetLoopUnrolling(o, opt >= 3);
+  LLVMErrorRef e = LLVMRunPasses(M, pipeline, tm, o);
+  LLVMDisposePassBuilderOptions(o);
+  if (e) return cg_llvm_error(e, "LLVM optimisation", err, errlen);
+  return 0;
+}
+
+int cg_dump_llvm(const ir_program *p, int opt, FILE *f, char *err, size_t errlen) {
+  LLVMTargetMachineRef tm = cg_host_tm(opt, err, errlen);
+  if (!tm) return -1;
+  LLVMContextRef C = LLVMContextCreate();
+  char mname[256];
+  snprintf(mname, sizeof mname, "flowc_%s", p && p->model && p->model->name ? p->model->name : "model");
+  LLVMModuleRef M = LLVMModuleCreateWithNameInContext(mname, C);
+  int rc = cg_emit_module(p, M, tm, 0, err, errlen);
+  if (!rc) rc = cg_optimize(M, tm, opt, err, errlen);
+  if (!rc) {
+    char *s = LLVMPrintModuleToString(M);
+    if (fputs(s, f) < 0) rc = fail(err, errlen, "cannot write the LLVM IR");
+    LLVMDisposeMessage(s);
+  }
+  LLVMDisposeModule(M);
+  LLVMContextDispose(C);
+  LLVMDisposeTargetMachine(tm);
+  return rc;
+}

@@ -1,0 +1,41 @@
+/*
+** codegen/cg_internal.h: shared between the codegen files; LLVM inside.
+*/
+#ifndef FLOWC_CG_INTERNAL_H
+#define FLOWC_CG_INTERNAL_H
+
+#include <llvm-c/Core.h>
+#include <llvm-c/Error.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "cg.h"
+
+/* Linear layers with in*out >= CG_GEMM_MIN_SIZE call rt_k_gemm when a call
+** has at least CG_GEMM_MIN_ROWS rows (and x is contiguous); smaller ones are
+** inline loops with constant trip counts. */
+#define CG_GEMM_MIN_SIZE (64 * 64)
+#define CG_GEMM_MIN_ROWS 16
+
+/* One-time LLVM target initialisation (thread-safe). */
+void cg_llvm_init(void);
+/* A target machine for the host CPU and its features, PIC. NULL + err. */
+LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen);
+/* Kernel symbol name of entry e: flowc_<model>_<entry>. */
+void cg_kernel_name(const ir_program *p, int e, char *buf, size_t len);
+/* Emits the kernels of every entry of p into M (in M's context); with
+** hidden set, they get hidden visibility (shared object build). Sets the
+** module's triple and data layout from tm. 0, or -1 with err set. */
+int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm,
+                   int hidden, char *err, size_t errlen);
+/* Runs default<O{opt}> with tm. 0, or -1 with err set. */
+int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err,
+                size_t errlen);
+/* Copies an LLVMErrorRef's message into err and disposes of it; -1. */
+int cg_llvm_error(LLVMErrorRef e, const char *what, char *err, size_t errlen);
+
+/* Names of the external functions kernels may call, with their addresses
+** in this process (for the JIT's absolute symbols). */
+typedef struct cg_extern_sym { const char *name; void *addr; } cg_extern_sym;
+const cg_extern_sym *cg_extern_syms(int *n);
+
+#endif

@@ -1,0 +1,59 @@
+/*
+** driver/driver.h: the flowc command line, the one place that ties the
+** stages together: frontend -> ir -> passes -> codegen -> runtime.
+*/
+#ifndef FLOWC_DRIVER_H
+#define FLOWC_DRIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cg.h"
+#include "frontend.h"
+#include "ir.h"
+#include "passes.h"
+#include "rt.h"
+
+/* Exit codes of flowc-cli.md. */
+enum { EXIT_INPUT = 1, EXIT_USAGE = 2 };
+
+typedef struct drv_opts {
+  const char *cmd, *flow, *model, *weights, *data, *context, *out;
+  const char *logdet, *logprob, *after, *disable, *op;
+  int threads, opt, ir, llvm;
+  long n, batch;
+  uint64_t seed;
+  int have_seed;
+} drv_opts;
+
+/* A model compiled for running: the stages' results for one model. */
+typedef struct drv_session {
+  ir_arena *A;
+  const ir_module *module;
+  const ir_model *model;
+  ir_program *prog;
+  rt_desc *desc;
+  cg_jit *jit;
+  rt_model *rt;
+} drv_session;
+
+/* Prints "flowc: MESSAGE" to stderr; returns EXIT_INPUT. */
+int drv_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Each step fills the session further; 0, or an exit code after printing
+** the diagnostics. drv_close frees whatever was made. */
+int drv_parse(drv_session *s, const drv_opts *o);
+int drv_lower(drv_session *s, const drv_opts *o);
+int drv_compile(drv_session *s, const drv_opts *o);
+int drv_open(drv_session *s, const drv_opts *o, const rt_weights *w);
+void drv_close(drv_session *s);
+
+int cmd_check(const drv_opts *o);
+int cmd_init(const drv_opts *o);
+int cmd_run(const drv_opts *o);      /* logprob, encode, decode */
+int cmd_sample(const drv_opts *o);
+int cmd_build(const drv_opts *o);
+int cmd_dump(const drv_opts *o);
+int cmd_bench(const drv_opts *o);
+
+#endif

@@ -1,0 +1,182 @@
+/*
+** tests/test_jit.c: compiled code against the reference interpreter on
+** random models and weights, through the runtime (tiles, threads), at every
+** optimisation level; round trips and thread-count independence.
+*/
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cg.h"
+#include "modelgen.h"
+#include "passes.h"
+#include "rt.h"
+#include "testutil.h"
+
+typedef struct compiled {
+  ir_arena *A;
+  ir_program *p;
+  void **params;
+  rt_desc *desc;
+  cg_jit *jit;
+  rt_model *m;
+} compiled;
+
+/* Compiles model (allocated in c->A) with random weights from r. */
+static void compile_model(compiled *c, const ir_model *model, mg_rng *r, int opt, int threads) {
+  char err[512];
+  c->p = ir_lower(c->A, model, err, sizeof err);
+  cr_assert(c->p, "%s", err);
+  c->params = mg_params(c->A, r, c->p, 0.7);   /* steep splines amplify float error */
+  cr_assert_eq(pass_pipeline(c->p, opt, NULL, NULL), 0);
+  c->desc = cg_desc_err(c->p, err, sizeof err);
+  cr_assert(c->desc, "%s", err);
+  c->jit = cg_jit_new(c->p, opt, err, sizeof err);
+  cr_assert(c->jit, "%s", err);
+  rt_kernel k[RT_NENTRY];
+  cg_jit_kernels(c->jit, k);
+  rt_weights w = {c->p->nparams, c->params, 0};
+  c->m = rt_model_open(c->desc, k, &w, threads, err, sizeof err);
+  cr_assert(c->m, "%s", err);
+}
+
+static void compile(compiled *c, mg_rng *r, int D, int C, int nl, const ir_layerkind *kinds,
+                    int opt, int threads) {
+  c->A = ir_arena_new();
+  compile_model(c, mg_model(c->A, r, D, C, nl, kinds), r, opt, threads);
+}
+
+static void release(compiled *c) {
+  rt_model_close(c->m);
+  cg_jit_free(c->jit);
+  rt_desc_free(c->desc);
+  ir_arena_free(c->A);
+}
+
+static float *randf(mg_rng *r, long n, double s) {
+  float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+  for (long i = 0; i < n; i++) v[i] = (float)(s * mg_normal(r));
+  return v;
+}
+
+static double *to_double(const float *v, long n) {
+  double *d = malloc((size_t)(n ? n : 1) * sizeof *d);
+  for (long i = 0; i < n; i++) d[i] = v[i];
+  return d;
+}
+
+/* Max error scaled by the size of the values: float32 through a deep net. */
+static void assert_close(const float *got, const double *want, long n, double tol, const char *what) {
+  for (long i = 0; i < n; i++) {
+    double e = fabs(got[i] - want[i]) / fmax(1.0, fabs(want[i]));
+    cr_assert(e <= tol, "%s[%ld]: compiled %.9g, interpreter %.9g", what, i, got[i], want[i]);
+  }
+}
+
+static void check_entry(compiled *c, int e, long n, const float *x, const float *ctx) {
+  const ir_model *m = c->p->model;
+  long D = m->dim, w = e == IR_ENTRY_LOGPROB ? 1 : D;
+  double *xd = to_double(x, n * D), *cd = to_double(ctx, n * m->context);
+  double *o0 = malloc((size_t)(n * D + 1) * sizeof *o0), *o1 = malloc((size_t)(n + 1) * sizeof *o1);
+  float *f0 = malloc((size_t)(n * D + 1) * sizeof *f0), *f1 = malloc((size_t)(n + 1) * sizeof *f1);
+  char err[256];
+  cr_assert_eq(ir_interp(c->p, c->p->entry[e], (const void *const *)c->params, n, xd, cd, o0, o1,
+                         err, sizeof err), 0, "%s", err);
+  int rc;
+  if (!m->context) ctx = NULL;
+  int ld = e == IR_ENTRY_ENCODE_LD || e == IR_ENTRY_DECODE_LD;
+  if (e == IR_ENTRY_LOGPROB) rc = rt_model_log_prob(c->m, (size_t)n, x, ctx, (size_t)n, f0);
+  else if (e <= IR_ENTRY_ENCODE_LD) rc = rt_model_encode(c->m, (size_t)n, x, ctx, (size_t)n, f0, ld ? f1 : NULL);
+  else rc = rt_model_decode(c->m, (size_t)n, x, ctx, (size_t)n, f0, ld ? f1 : NULL);
+  cr_assert_eq(rc, 0);
+  assert_close(f0, o0, n * w, 2e-4, ir_entry_name((ir_entry)e));
+  if (ld) assert_close(f1, o1, n, 2e-4, "logdet");
+  free(xd); free(cd); free(o0); free(o1); free(f0); free(f1);
+}
+
+static void check_random(uint64_t seed, int opt) {
+  mg_rng r = {seed};
+  int D = 1 + (int)(mg_uniform(&r) * 7), C = mg_uniform(&r) < 0.4 ? 1 + (int)(mg_uniform(&r) * 3) : 0;
+  int nl = (int)(mg_uniform(&r) * 6);
+  compiled c;
+  compile(&c, &r, D, C, nl, NULL, opt, 1 + (int)(seed % 2));
+  static const long sizes[] = {1, 7, 150};
+  for (int s = 0; s < 3; s++) {
+    long n = sizes[s];
+    float *x = randf(&r, n * D, 1.5), *ctx = randf(&r, n * C, 1.0);
+    for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, n, x, ctx);
+    free(x);
+    free(ctx);
+  }
+  release(&c);
+}
+
+Test(jit, random_models_O0) { for (uint64_t s = 0; s < 15; s++) check_random(1000 + s, 0); }
+Test(jit, random_models_O2) { for (uint64_t s = 0; s < 40; s++) check_random(2000 + s, 2); }
+Test(jit, random_models_O3) { for (uint64_t s = 0; s < 15; s++) check_random(3000 + s, 3); }
+
+Test(jit, each_layer_kind) {
+  for (int k = 0; k < LAYER_COUNT; k++)
+    for (int C = 0; C <= 2; C += 2) {
+      mg_rng r = {(uint64_t)(50 + k * 3 + C)};
+      ir_layerkind kinds[2] = {(ir_layerkind)k, (ir_layerkind)k};
+      compiled c;
+      compile(&c, &r, 5, C, 2, kinds, 2, 2);
+      long n = 300;
+      float *x = randf(&r, n * 5, 2.0), *ctx = randf(&r, n * C, 1.0);
+      for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, n, x, ctx);
+      free(x);
+      free(ctx);
+      release(&c);
+    }
+}
+
+/* A wide model takes the OpenBLAS path for its matrix products. */
+Test(jit, wide_network_gemm) {
+  mg_rng r = {77};
+  ir_layerkind kinds[2] = {LAYER_AFFINE_COUPLING, LAYER_SPLINE_COUPLING};
+  static const int hidden[2] = {256, 256};
+  compiled c;
+  c.A = ir_arena_new();
+  ir_model *m = mg_model(c.A, &r, 16, 0, 2, kinds);
+  ir_layer *L = (ir_layer *)m->layers;
+  for (int k = 0; k < 2; k++) {
+    L[k].net.nhidden = 2;
+    L[k].net.hidden = hidden;
+    L[k].net.act = ACT_TANH;
+  }
+  compile_model(&c, m, &r, 2, 2);
+  long n = 200;
+  float *x = randf(&r, n * 16, 1.0);
+  for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, n, x, NULL);
+  free(x);
+  release(&c);
+}
+
+/* decode(encode(x)) = x in float32, and sampling is the same whatever the
+** number of threads. */
+Test(jit, round_trip_and_threads) {
+  for (uint64_t seed = 0; seed < 10; seed++) {
+    mg_rng r1 = {500 + seed}, r2 = {500 + seed};
+    compiled a, b;
+    compile(&a, &r1, 6, seed % 2 ? 2 : 0, 4, NULL, 2, 1);
+    compile(&b, &r2, 6, seed % 2 ? 2 : 0, 4, NULL, 2, 2);
+    long n = 1000, C = a.p->model->context;
+    float *x = randf(&r1, n * 6, 1.0), *ctx = C ? randf(&r1, n * C, 1.0) : NULL;
+    float *z = malloc((size_t)n * 6 * sizeof *z), *xr = malloc((size_t)n * 6 * sizeof *xr);
+    cr_assert_eq(rt_model_encode(a.m, (size_t)n, x, ctx, (size_t)n, z, NULL), 0);
+    cr_assert_eq(rt_model_decode(a.m, (size_t)n, z, ctx, (size_t)n, xr, NULL), 0);
+    cr_assert(tu_max_rel_err(xr, x, (size_t)(n * 6)) < 1e-3, "round trip %g",
+              tu_max_rel_err(xr, x, (size_t)(n * 6)));
+    float *s1 = malloc((size_t)n * 6 * sizeof *s1), *s2 = malloc((size_t)n * 6 * sizeof *s2);
+    float l1[1000], l2[1000];
+    cr_assert_eq(rt_model_sample(a.m, (size_t)n, 42, ctx, C ? (size_t)n : 0, s1, l1), 0);
+    cr_assert_eq(rt_model_sample(b.m, (size_t)n, 42, ctx, C ? (size_t)n : 0, s2, l2), 0);
+    cr_assert(memcmp(s1, s2, (size_t)n * 6 * sizeof *s1) == 0, "samples differ across threads");
+    cr_assert(memcmp(l1, l2, sizeof l1) == 0, "log_prob differs across threads");
+    free(x); free(ctx); free(z); free(xr); free(s1); free(s2);
+    release(&a);
+    release(&b);
+  }
+}

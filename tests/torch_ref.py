@@ -1,0 +1,904 @@
+#!/usr/bin/python3
+"""tests/torch_ref.py: an independent PyTorch (float64) check of flowc.
+
+Usage:
+  torch_ref.py FLOWC_EXE MODEL.flow WORKDIR [--model NAME] [--seed S] [--n N]
+  torch_ref.py --selftest            (no flowc: the reference checks itself)
+
+The layer mathematics of flow-language.md (sections 2-4, 5a, 9) is written
+here again, from the spec, in torch float64; nothing is taken from flowc but
+the layer list (`flowc check`) and the tensor names and shapes (`flowc init`).
+The weights are then replaced by random values so that no layer is near the
+identity, written as safetensors by hand (F32/I64 and F64/I32 copies), and
+flowc's logprob, encode, decode and sample are compared with the reference.
+
+Exit status: 0 all checks agree; 1 a mismatch or a failure of flowc;
+2 usage; 77 torch (or numpy) is not available, so the caller can skip.
+"""
+import json
+import math
+import os
+import re
+import struct
+import subprocess
+import sys
+
+try:
+    import numpy as np
+    import torch
+except Exception as e:  # pragma: no cover - environment dependent
+    print("torch_ref: torch/numpy not available (%s): skipping" % e)
+    sys.exit(77)
+
+torch.set_default_dtype(torch.float64)
+torch.set_num_threads(1)    # small tensors; the tests run several at once
+F64 = torch.float64
+TOL = 1e-4          # flowc (float32) against the float64 reference
+TOL_SAMPLE = 1e-3   # sample's own log_prob against the reference density
+M_MIN = 1e-3        # spline minimum width/height/derivative (section 5a)
+
+# --------------------------------------------------------------------------
+# safetensors, by hand
+
+
+_ST_DT = {"F32": np.float32, "F64": np.float64, "F16": np.float16,
+          "I64": np.int64, "I32": np.int32}
+
+
+def st_read(path):
+    with open(path, "rb") as f:
+        buf = f.read()
+    (hlen,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(buf[8:8 + hlen].decode("utf-8"))
+    base = 8 + hlen
+    out, meta = {}, header.pop("__metadata__", None)
+    for name, t in header.items():
+        a, b = t["data_offsets"]
+        raw = buf[base + a: base + b]
+        if t["dtype"] == "BF16":
+            u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            arr = u.view(np.float32)
+        else:
+            arr = np.frombuffer(raw, dtype=np.dtype(_ST_DT[t["dtype"]]).newbyteorder("<"))
+        out[name] = (t["dtype"], arr.reshape(t["shape"]).copy())
+    return out, meta
+
+
+def st_write(path, tensors, metadata=None):
+    """tensors: name -> (dtype string, numpy array)."""
+    header, blobs, off = {}, [], 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name in sorted(tensors):
+        dt, arr = tensors[name]
+        raw = np.ascontiguousarray(arr, dtype=np.dtype(_ST_DT[dt]).newbyteorder("<")).tobytes()
+        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode("utf-8")
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+# --------------------------------------------------------------------------
+# the mathematics of the spec
+
+
+def softplus(x):
+    return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
+
+
+def sigmoid(x):
+    return torch.where(x >= 0, 1 / (1 + torch.exp(-x)), torch.exp(x) / (1 + torch.exp(x)))
+
+
+def activation(name, x):
+    if name == "relu":
+        return torch.clamp(x, min=0)
+    if name == "gelu":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    if name == "silu":
+        return x * sigmoid(x)
+    if name == "tanh":
+        return torch.tanh(x)
+    if name == "elu":
+        return torch.where(x > 0, x, torch.expm1(torch.clamp(x, max=0)))
+    if name == "softplus":
+        return softplus(x)
+    if name == "lipswish":
+        return x * sigmoid(x) / 1.1
+    raise ValueError("unknown activation " + name)
+
+
+def mlp(inp, layers, act):
+    """layers: list of (W [out, in], b [out]); act after all but the last."""
+    h = inp
+    for j, (W, b) in enumerate(layers):
+        h = h @ W.T + b if W.shape[1] > 0 else b.expand(h.shape[0], -1).clone()
+        if j < len(layers) - 1:
+            h = activation(act, h)
+    return h
+
+
+def scale_fn(name, h):
+    if name == "tanh":
+        return torch.tanh(h)
+    if name == "exp":
+        return h
+    if name == "sigmoid":   # log(sigmoid(h + 2)), computed stably
+        return -softplus(-(h + 2))
+    raise ValueError("unknown scale " + name)
+
+
+def rqs_knots(w, B):
+    """w [..., K] -> knots [..., K+1] from -B to B exactly (section 5a)."""
+    K = w.shape[-1]
+    W = M_MIN + (1 - M_MIN * K) * torch.softmax(w, dim=-1)
+    cum = torch.cumsum(W, dim=-1)
+    knots = -B + 2 * B * cum
+    knots = torch.cat([torch.full_like(knots[..., :1], -B), knots], dim=-1)
+    knots[..., -1] = B
+    return knots
+
+
+def rqs(u, row, K, B, inverse):
+    """u [N, P], row [N, P, 3K-1]; returns (out, log|d out / d u|)."""
+    w, v, e = row[..., :K], row[..., K:2 * K], row[..., 2 * K:]
+    xk = rqs_knots(w, B)
+    yk = rqs_knots(v, B)
+    ones = torch.ones_like(u).unsqueeze(-1)
+    delta = torch.cat([ones, M_MIN + softplus(e), ones], dim=-1)   # [N, P, K+1]
+    inside = (u >= -B) & (u <= B)
+    uc = torch.where(inside, u, torch.zeros_like(u))
+    knots = yk if inverse else xk
+    # a point on a knot belongs to the bin on its right; the last bin keeps x_K
+    k = (uc.unsqueeze(-1) >= knots[..., 1:K]).sum(-1, keepdim=True)
+    g = lambda t: torch.gather(t, -1, k).squeeze(-1)
+    g1 = lambda t: torch.gather(t, -1, k + 1).squeeze(-1)
+    x0, x1, y0, y1 = g(xk), g1(xk), g(yk), g1(yk)
+    d0, d1 = g(delta), g1(delta)
+    wb, hb = x1 - x0, y1 - y0
+    s = hb / wb
+    if not inverse:
+        xi = (uc - x0) / wb
+        den = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
+        out = y0 + hb * (s * xi ** 2 + d0 * xi * (1 - xi)) / den
+    else:
+        dy = uc - y0
+        a = hb * (s - d0) + dy * (d1 + d0 - 2 * s)
+        b = hb * d0 - dy * (d1 + d0 - 2 * s)
+        c = -s * dy
+        disc = torch.clamp(b * b - 4 * a * c, min=0)
+        xi = (2 * c) / (-b - torch.sqrt(disc))
+        out = x0 + xi * wb
+        den = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
+    deriv = s ** 2 * (d1 * xi ** 2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2) / den ** 2
+    ld = torch.log(deriv)
+    if inverse:
+        ld = -ld
+    out = torch.where(inside, out, u)
+    ld = torch.where(inside, ld, torch.zeros_like(ld))
+    return out, ld
+
+
+class Layer:
+    def __init__(self, kind, opts):
+        self.kind, self.opts = kind, opts
+        self.net = None       # [(W, b)]
+        self.p = {}
+
+    # forward: generative direction u -> y, returns (y, log|det J_f|)
+    def forward(self, u, c, D):
+        return self._apply(u, c, D, False)
+
+    def inverse(self, y, c, D):
+        return self._apply(y, c, D, True)
+
+    def _cond(self, u, c, D):
+        d = D // 2
+        inp = u[:, :d]
+        if c is not None:
+            inp = torch.cat([inp, c], dim=1)
+        return mlp(inp, self.net, self.opts.get("act", "relu"))
+
+    def _apply(self, u, c, D, inv):
+        N, d = u.shape[0], D // 2
+        zero = torch.zeros(N, dtype=u.dtype)
+        k = self.kind
+        if k in ("affine_coupling", "additive_coupling", "spline_coupling"):
+            h = self._cond(u, c, D)
+            a, b = u[:, :d], u[:, d:]
+            if k == "affine_coupling":
+                s = scale_fn(self.opts.get("scale", "tanh"), h[:, :D - d])
+                t = h[:, D - d:]
+                nb = (b - t) * torch.exp(-s) if inv else b * torch.exp(s) + t
+                ld = s.sum(1)
+                return torch.cat([a, nb], 1), (-ld if inv else ld)
+            if k == "additive_coupling":
+                nb = b - h if inv else b + h
+                return torch.cat([a, nb], 1), zero
+            K, B = int(self.opts.get("bins", 8)), float(self.opts.get("bound", 3))
+            row = h.reshape(N, D - d, 3 * K - 1)
+            nb, ld = rqs(b, row, K, B, inv)
+            return torch.cat([a, nb], 1), ld.sum(1)
+        if k == "permute":
+            perm = self.perm(D)
+            if inv:
+                return u[:, torch.argsort(perm)], zero
+            return u[:, perm], zero
+        if k == "actnorm":
+            ls, bias = self.p["log_scale"], self.p["bias"]
+            if inv:
+                return (u - bias) * torch.exp(-ls), zero - ls.sum()
+            return u * torch.exp(ls) + bias, zero + ls.sum()
+        if k == "linear_lu":
+            L, U, perm = self.lu_factors(D)
+            ld = self.p["log_diag"].sum()
+            if not inv:
+                W = self.lu_matrix(D)
+                return u @ W.T, zero + ld
+            # y = P L U u: (P v)[i] = v[perm[i]]  =>  v[perm[i]] = y[i]
+            v = torch.empty_like(u)
+            v[:, perm] = u
+            w = torch.linalg.solve_triangular(L, v.T, upper=False, unitriangular=True)
+            x = torch.linalg.solve_triangular(U, w, upper=True)
+            return x.T.contiguous(), zero - ld
+        raise ValueError("unknown layer " + k)
+
+    def perm(self, D):
+        if self.opts.get("perm_kind") == "reverse":
+            return torch.arange(D - 1, -1, -1)
+        return self.p["perm"].long()
+
+    def lu_factors(self, D):
+        L = torch.tril(self.p["lower"], -1) + torch.eye(D)
+        U = torch.triu(self.p["upper"], 1) + torch.diag(self.p["sign"] * torch.exp(self.p["log_diag"]))
+        return L, U, self.p["perm"].long()
+
+    def lu_matrix(self, D):
+        L, U, perm = self.lu_factors(D)
+        LU = L @ U
+        return LU[perm]     # (P M)[i, :] = M[perm[i], :]
+
+
+class Flow:
+    def __init__(self, D, C, layers):
+        self.D, self.C, self.layers = D, C, layers
+
+    def decode(self, z, c):
+        ld = torch.zeros(z.shape[0], dtype=z.dtype)
+        for L in self.layers:
+            z, l = L.forward(z, c, self.D)
+            ld = ld + l
+        return z, ld
+
+    def encode(self, x, c):
+        ld = torch.zeros(x.shape[0], dtype=x.dtype)
+        for L in reversed(self.layers):
+            x, l = L.inverse(x, c, self.D)
+            ld = ld + l
+        return x, ld
+
+    def log_prob(self, x, c):
+        z, ld = self.encode(x, c)
+        return -0.5 * (z ** 2).sum(1) - 0.5 * self.D * math.log(2 * math.pi) + ld
+
+
+# --------------------------------------------------------------------------
+# parsing `flowc check`
+
+LAYER_RE = re.compile(r"^\s+flow\.(\d+)\s+(\w+)(.*)$")
+HEAD_RE = re.compile(r"^model (\w+): dim (\d+)(?: \[[^\]]*\])?, context (\d+),")
+
+
+def parse_check(text, want):
+    models, cur = [], None
+    for line in text.splitlines():
+        m = HEAD_RE.match(line)
+        if m:
+            cur = {"name": m.group(1), "D": int(m.group(2)), "C": int(m.group(3)), "layers": []}
+            models.append(cur)
+            continue
+        m = LAYER_RE.match(line)
+        if m and cur is not None:
+            k, kind, rest = int(m.group(1)), m.group(2), m.group(3)
+            if k != len(cur["layers"]):
+                raise ValueError("check output: layer %d out of order" % k)
+            opts = {}
+            for key in ("act", "scale", "bins", "bound", "seed"):
+                mm = re.search(r"\b%s = ([-+\w.]+)" % key, rest)
+                if mm:
+                    opts[key] = mm.group(1)
+            mm = re.search(r"hidden = \[([^\]]*)\]", rest)
+            if mm:
+                opts["hidden"] = [int(s) for s in mm.group(1).split(",") if s.strip()]
+            if kind == "permute":
+                opts["perm_kind"] = re.match(r"\((\w+)", rest.strip()).group(1)
+            cur["layers"].append((kind, opts))
+    if not models:
+        raise ValueError("no model in `flowc check` output:\n" + text)
+    if want is None:
+        return models[0]
+    for m in models:
+        if m["name"] == want:
+            return m
+    raise ValueError("model %s not in `flowc check` output" % want)
+
+
+def net_out(kind, D, opts):
+    d = D // 2
+    if kind == "affine_coupling":
+        return 2 * (D - d)
+    if kind == "additive_coupling":
+        return D - d
+    return (D - d) * (3 * int(opts.get("bins", 8)) - 1)
+
+
+def expected_names(model):
+    """The tensor names and shapes that section 8 asks for."""
+    D, C, out = model["D"], model["C"], {}
+    for k, (kind, o) in enumerate(model["layers"]):
+        p = "flow.%d." % k
+        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+            sizes = [D // 2 + C] + o.get("hidden", []) + [net_out(kind, D, o)]
+            for j in range(len(sizes) - 1):
+                out[p + "net.%d.weight" % j] = ("F32", [sizes[j + 1], sizes[j]])
+                out[p + "net.%d.bias" % j] = ("F32", [sizes[j + 1]])
+        elif kind == "permute":
+            if o["perm_kind"] != "reverse":
+                out[p + "perm"] = ("I64", [D])
+        elif kind == "actnorm":
+            out[p + "log_scale"] = ("F32", [D])
+            out[p + "bias"] = ("F32", [D])
+        elif kind == "linear_lu":
+            for n in ("lower", "upper"):
+                out[p + n] = ("F32", [D, D])
+            for n in ("log_diag", "sign"):
+                out[p + n] = ("F32", [D])
+            out[p + "perm"] = ("I64", [D])
+        else:
+            raise ValueError("layer kind %s is not covered by torch_ref.py" % kind)
+    return out
+
+
+def build_flow(model, weights):
+    """weights: name -> numpy array (already float32-rounded where float)."""
+    layers = []
+    for k, (kind, o) in enumerate(model["layers"]):
+        L = Layer(kind, o)
+        p = "flow.%d." % k
+        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+            net, j = [], 0
+            while p + "net.%d.weight" % j in weights:   # sizes from the shapes
+                net.append((torch.tensor(weights[p + "net.%d.weight" % j], dtype=F64),
+                            torch.tensor(weights[p + "net.%d.bias" % j], dtype=F64)))
+                j += 1
+            L.net = net
+        else:
+            for name, arr in weights.items():
+                if name.startswith(p) and "." not in name[len(p):]:
+                    L.p[name[len(p):]] = torch.tensor(arr, dtype=torch.int64 if arr.dtype.kind == "i" else F64)
+        layers.append(L)
+    return Flow(model["D"], model["C"], layers)
+
+
+# --------------------------------------------------------------------------
+# random weights, far from the identity
+
+
+def randomize(model, w0, rng):
+    D = model["D"]
+    out = {}
+    for k, (kind, o) in enumerate(model["layers"]):
+        p = "flow.%d." % k
+        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+            j = 0
+            while p + "net.%d.weight" % j in w0:
+                W = w0[p + "net.%d.weight" % j][1]
+                last = p + "net.%d.weight" % (j + 1) not in w0
+                fan = max(W.shape[1], 1)
+                if not last:
+                    ws, bs = 1.0, 0.3
+                elif kind == "spline_coupling":
+                    ws, bs = 0.6, 0.3     # uneven bins, derivatives far from 1
+                elif o.get("scale") == "exp":
+                    ws, bs = 0.1, 0.2     # s = h is unbounded: keep it small
+                elif o.get("scale") == "sigmoid":
+                    ws, bs = 0.15, 0.3    # -s grows like |h| for h << 0
+                else:
+                    ws, bs = 0.5, 0.3
+                out[p + "net.%d.weight" % j] = rng.normal(0, ws / math.sqrt(fan), W.shape)
+                out[p + "net.%d.bias" % j] = rng.normal(0, bs, W.shape[0])
+                j += 1
+        elif kind == "permute":
+            if o["perm_kind"] == "random":   # the file's permutation is used
+                out[p + "perm"] = rng.permutation(D).astype(np.int64)
+            elif o["perm_kind"] == "list":   # must agree with the model
+                out[p + "perm"] = w0[p + "perm"][1].astype(np.int64)
+        elif kind == "actnorm":
+            out[p + "log_scale"] = 0.3 * rng.normal(size=D)
+            out[p + "bias"] = 0.5 * rng.normal(size=D)
+        elif kind == "linear_lu":
+            out[p + "lower"] = 0.3 * rng.normal(size=(D, D)) / math.sqrt(D)
+            out[p + "upper"] = 0.3 * rng.normal(size=(D, D)) / math.sqrt(D)
+            out[p + "log_diag"] = 0.2 * rng.normal(size=D)
+            out[p + "sign"] = w0[p + "sign"][1].astype(np.float64)
+            out[p + "perm"] = w0[p + "perm"][1].astype(np.int64)
+    # float tensors are used as F32: round them now, so that every copy holds
+    # the same numbers
+    for n, a in out.items():
+        if a.dtype.kind == "f":
+            out[n] = a.astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------
+# checks
+
+class Report:
+    def __init__(self):
+        self.failed = 0
+
+    def ok(self, cond, name, detail=""):
+        print("  %-4s %-44s %s" % ("ok" if cond else "FAIL", name, detail))
+        sys.stdout.flush()
+        if not cond:
+            self.failed += 1
+        return cond
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    if a.shape != b.shape:
+        return float("inf"), 0, None
+    e = np.abs(a - b) / np.maximum(1.0, np.abs(b))
+    e = np.where(np.isnan(e), np.inf, e)
+    row = int(np.argmax(e.max(axis=1))) if e.size else 0
+    return (float(e.max()) if e.size else 0.0), row, e
+
+
+def compare(rep, name, got, ref, tol, inputs=None, slack=None):
+    """slack: optional per-row absolute allowance (float32 error budget)."""
+    err, row, e = rel_err(got, ref)
+    detail = "max rel err %.3g (tol %.0e)" % (err, tol)
+    if slack is not None and e is not None and e.size:
+        r = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+        allow = tol + np.asarray(slack).reshape(-1, 1) / np.maximum(1.0, np.abs(r))
+        ratio = (e / allow).max(axis=1)
+        row = int(np.argmax(ratio))
+        nb = int(np.sum((e.max(axis=1) > tol) & (ratio <= 1)))
+        good = bool(ratio.max() <= 1)
+        detail += "; %d row(s) within their float32 error budget only; worst err/allowed %.2f" % (nb, ratio.max())
+    else:
+        good = err <= tol
+    rep.ok(good, name, detail)
+    if not good:
+        g = np.asarray(got).reshape(len(got), -1)
+        r = np.asarray(ref).reshape(len(ref), -1)
+        np.set_printoptions(precision=7, linewidth=150)
+        print("       worst row %d:" % row)
+        if inputs is not None:
+            for nm, arr in inputs:
+                if arr is not None:
+                    print("         %-8s %s" % (nm, np.asarray(arr).reshape(len(arr), -1)[min(row, len(arr) - 1)]))
+        print("         flowc    %s" % (g[row] if g.shape == r.shape else g.shape))
+        print("         torch    %s" % r[row])
+        if slack is not None:
+            print("         budget   %.3g" % np.asarray(slack).reshape(-1)[row])
+    return good
+
+
+def fp32_budget(flow, x, c, ulps=4.0):
+    """Per row, how much a float32 evaluation of log p(x) may honestly be off.
+
+    The output of each layer's inverse carries a rounding error of a few
+    float32 ulps of the quantities it was computed from (for a spline, its
+    knots, of size B); later layers amplify it by the gradient of the rest of
+    log p with respect to that value. Samples sit where the density is high,
+    which is where the inverse of a steep-walled spline bin is steep, so the
+    sample check allows this much on top of its relative tolerance."""
+    vals, u = [], x
+    with torch.no_grad():
+        for k in reversed(range(len(flow.layers))):
+            u, _ = flow.layers[k].inverse(u, c, flow.D)
+            vals.append((k, u))
+    budget = torch.zeros(x.shape[0])
+    for k, v in vals:
+        v = v.clone().requires_grad_(True)
+        u, ld = v, torch.zeros(x.shape[0])
+        for j in reversed(range(k)):
+            u, l = flow.layers[j].inverse(u, c, flow.D)
+            ld = ld + l
+        lp = -0.5 * (u ** 2).sum(1) + ld
+        (g,) = torch.autograd.grad(lp.sum(), v)
+        L = flow.layers[k]
+        scale = float(L.opts.get("bound", 3)) if L.kind == "spline_coupling" else 1.0
+        budget += (g.abs() * torch.clamp(v.detach().abs(), min=scale)).sum(1) * ulps * 2.0 ** -24
+    return budget.numpy()
+
+
+def self_checks(rep, flow, x, c, rows=6):
+    """The reference against itself: inverse and autograd Jacobians."""
+    z, ld_e = flow.encode(x, c)
+    xb, ld_d = flow.decode(z, c)
+    e, _, _ = rel_err(xb.numpy(), x.numpy())
+    rep.ok(e < 1e-9, "torch: decode(encode(x)) = x", "max rel err %.3g" % e)
+    e = float((ld_e + ld_d).abs().max())
+    rep.ok(e < 1e-9, "torch: encode logdet = -decode logdet", "max abs err %.3g" % e)
+    worst_e = worst_d = 0.0
+    for i in range(min(rows, x.shape[0])):
+        ci = None if c is None else c[i:i + 1]
+        J = torch.autograd.functional.jacobian(lambda v: flow.encode(v.unsqueeze(0), ci)[0][0], x[i])
+        worst_e = max(worst_e, abs(float(torch.linalg.slogdet(J)[1]) - float(ld_e[i])) / max(1, abs(float(ld_e[i]))))
+        J = torch.autograd.functional.jacobian(lambda v: flow.decode(v.unsqueeze(0), ci)[0][0], z[i])
+        worst_d = max(worst_d, abs(float(torch.linalg.slogdet(J)[1]) - float(ld_d[i])) / max(1, abs(float(ld_d[i]))))
+    rep.ok(worst_e < 1e-8, "torch: encode logdet = log|det dz/dx| (autograd)", "max rel err %.3g" % worst_e)
+    rep.ok(worst_d < 1e-8, "torch: decode logdet = log|det dx/dz| (autograd)", "max rel err %.3g" % worst_d)
+    # finite differences on one row, to check autograd does not share a bug
+    h = 1e-6
+    i = 0
+    ci = None if c is None else c[i:i + 1]
+    J = torch.zeros(flow.D, flow.D)
+    for j in range(flow.D):
+        e_j = torch.zeros(flow.D)
+        e_j[j] = h
+        J[:, j] = (flow.decode((z[i] + e_j).unsqueeze(0), ci)[0][0] -
+                   flow.decode((z[i] - e_j).unsqueeze(0), ci)[0][0]) / (2 * h)
+    fd = abs(float(torch.linalg.slogdet(J)[1]) - float(ld_d[i]))
+    rep.ok(fd < 1e-5, "torch: decode logdet (finite differences)", "abs err %.3g" % fd)
+
+
+def check_init(rep, model, w0):
+    """flowc init: names, shapes and the initialisation rule (section 3)."""
+    want = expected_names(model)
+    got = {n: (dt, list(a.shape)) for n, (dt, a) in w0.items()}
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    bad = sorted(n for n in set(want) & set(got) if want[n] != got[n])
+    rep.ok(not missing and not extra and not bad, "init: tensor names, dtypes, shapes",
+           "" if not (missing or extra or bad) else
+           "missing %s extra %s wrong %s" % (missing[:4], extra[:4],
+                                           [(n, got[n], want[n]) for n in bad[:4]]))
+    if missing or bad:
+        return False
+    D, problems = model["D"], []
+    for k, (kind, o) in enumerate(model["layers"]):
+        p = "flow.%d." % k
+        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+            nl = len(o.get("hidden", [])) + 1
+            for j in range(nl):
+                W, b = w0[p + "net.%d.weight" % j][1], w0[p + "net.%d.bias" % j][1]
+                if j == nl - 1:
+                    if np.any(W != 0) or np.any(b != 0):
+                        problems.append(p + "net.%d is not zero" % j)
+                else:
+                    fan = W.shape[1]
+                    # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both;
+                    # torch leaves the bias at 0 when fan_in = 0
+                    bound = 1 / math.sqrt(fan) if fan > 0 else 0.0
+                    if W.size and (np.abs(W).max() > bound * (1 + 1e-6) or np.all(W == 0)):
+                        problems.append(p + "net.%d.weight not U(-1/sqrt(fan_in), ..)" % j)
+                    if np.abs(b).max() > bound * (1 + 1e-6) or (fan > 0 and np.all(b == 0)):
+                        problems.append(p + "net.%d.bias not U(-%g, %g) (fan_in %d, max |b| %g)"
+                                        % (j, bound, bound, fan, np.abs(b).max()))
+        elif kind == "permute" and o["perm_kind"] != "reverse":
+            pm = w0[p + "perm"][1]
+            if sorted(pm.tolist()) != list(range(D)):
+                problems.append(p + "perm is not a permutation")
+        elif kind == "actnorm":
+            if np.any(w0[p + "log_scale"][1] != 0) or np.any(w0[p + "bias"][1] != 0):
+                problems.append(p + " actnorm not zero")
+        elif kind == "linear_lu":
+            L = Layer(kind, o)
+            for n in ("lower", "upper", "log_diag", "sign", "perm"):
+                a = w0[p + n][1]
+                L.p[n] = torch.tensor(a, dtype=torch.int64 if a.dtype.kind == "i" else F64)
+            s = L.p["sign"]
+            if not bool(torch.all(s.abs() == 1)):
+                problems.append(p + "sign not +-1")
+            elif sorted(L.p["perm"].tolist()) != list(range(D)):
+                problems.append(p + "perm is not a permutation")
+            else:
+                W = L.lu_matrix(D)
+                e = float((W @ W.T - torch.eye(D)).abs().max())
+                if e > 1e-5:
+                    problems.append(p + "W = P L U is not orthogonal (err %.2g)" % e)
+                if (float(torch.tril(L.p["lower"], -1).abs().max()) if D > 1 else 0.0) > 1 + 1e-6:
+                    problems.append(p + "lower has |l| > 1 (not partial pivoting)")
+    return rep.ok(not problems, "init: initialisation rule", "; ".join(problems[:5]))
+
+
+def run_flowc(rep, exe, args, what):
+    r = subprocess.run([exe] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        rep.ok(False, what, "flowc exit %d: %s" % (r.returncode, r.stdout.strip()[:800]))
+        return None
+    return r.stdout
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("flowc", nargs="?")
+    ap.add_argument("flow", nargs="?")
+    ap.add_argument("workdir", nargs="?")
+    ap.add_argument("--model")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--n", type=int, default=257)
+    ap.add_argument("--selftest", action="store_true")
+    a = ap.parse_args(argv)
+    if a.selftest:
+        return selftest()
+    if not (a.flowc and a.flow and a.workdir):
+        ap.print_usage()
+        return 2
+    os.makedirs(a.workdir, exist_ok=True)
+    rep = Report()
+    W = lambda f: os.path.join(a.workdir, f)
+    margs = ["--model", a.model] if a.model else []
+
+    out = run_flowc(rep, a.flowc, ["check", a.flow], "flowc check")
+    if out is None:
+        return 1
+    model = parse_check(out, a.model)
+    D, C = model["D"], model["C"]
+    print("torch_ref: %s model %s: D %d, context %d, %d layers: %s" % (
+        os.path.basename(a.flow), model["name"], D, C, len(model["layers"]),
+        ", ".join(k + ("(%s)" % o["perm_kind"] if k == "permute" else "") for k, o in model["layers"])))
+
+    # (a) names and shapes from flowc init
+    if run_flowc(rep, a.flowc, ["init", a.flow] + margs + ["--seed", str(a.seed), "-o", W("w0.safetensors")],
+                 "flowc init") is None:
+        return 1
+    w0, _ = st_read(W("w0.safetensors"))
+    want = expected_names(model)
+    check_init(rep, model, w0)
+    if any(n not in w0 or list(w0[n][1].shape) != s for n, (_, s) in want.items()):
+        return 1     # the comparisons need every tensor
+
+    # (b) random weights; F32/I64 and F64/I32 copies
+    rng = np.random.default_rng(1000 + a.seed)
+    wr = randomize(model, w0, rng)
+    st_write(W("w.safetensors"), {n: ("I64" if v.dtype.kind == "i" else "F32", v) for n, v in wr.items()},
+             {"source": "torch_ref.py"})
+    st_write(W("w64.safetensors"), {n: ("I32" if v.dtype.kind == "i" else "F64", v) for n, v in wr.items()})
+    flow = build_flow(model, wr)
+
+    # (c) data
+    N = a.n
+    x = (1.5 * rng.normal(size=(N, D))).astype(np.float32)
+    B = max([float(o.get("bound", 3)) for k, o in model["layers"] if k == "spline_coupling"] or [3.0])
+    x[0, :] = 0
+    x[1, :] = B
+    x[2, :] = -B
+    x[3, :] = B + 1.5
+    x[4, :] = -(B + 2.5)
+    x[5, ::2] = 3 * B
+    x[6, :] = np.linspace(-2 * B, 2 * B, D)
+    np.save(W("x.npy"), x)
+    np.save(W("x64.npy"), x.astype(np.float64))
+    z = rng.normal(size=(N, D)).astype(np.float32)
+    z[0, :] = 0
+    z[1, :] = 3.5
+    z[2, :] = -3.5
+    np.save(W("z.npy"), z)
+    c = None
+    cargs = []
+    if C:
+        c = rng.normal(size=(N, C)).astype(np.float32)
+        np.save(W("c.npy"), c)
+        cargs = ["--context", W("c.npy")]
+    xt = torch.tensor(x, dtype=F64)
+    zt = torch.tensor(z, dtype=F64)
+    ct = None if c is None else torch.tensor(c, dtype=F64)
+
+    # the reference against itself
+    self_checks(rep, flow, xt, ct)
+
+    ref_lp = flow.log_prob(xt, ct).numpy()
+    bud = fp32_budget(flow, xt, ct)     # only matters where a spline is steep
+    print("  info float32 error budget of log p over the data: median %.2g, max %.2g" %
+          (float(np.median(bud)), float(bud.max())))
+    ref_z, ref_lde = [t.numpy() for t in flow.encode(xt, ct)]
+    ref_x, ref_ldd = [t.numpy() for t in flow.decode(zt, ct)]
+    if not (np.all(np.isfinite(ref_lp)) and np.all(np.isfinite(ref_x))):
+        rep.ok(False, "torch: reference values finite")
+        return 1
+
+    # (d, e) flowc against the reference
+    common = [a.flow] + margs + ["-w", W("w.safetensors")]
+    ins = [("x", x)] + ([("c", c)] if c is not None else [])
+    if run_flowc(rep, a.flowc, ["logprob"] + common + ["--data", W("x.npy"), "-o", W("lp.npy")] + cargs,
+                 "flowc logprob") is not None:
+        compare(rep, "logprob", np.load(W("lp.npy")), ref_lp, TOL, ins, slack=bud)
+    if run_flowc(rep, a.flowc, ["encode"] + common + ["--data", W("x.npy"), "-o", W("ez.npy"),
+                                                       "--logdet", W("eld.npy")] + cargs,
+                 "flowc encode") is not None:
+        compare(rep, "encode z", np.load(W("ez.npy")), ref_z, TOL, ins)
+        compare(rep, "encode logdet", np.load(W("eld.npy")), ref_lde, TOL, ins, slack=bud)
+    insz = [("z", z)] + ([("c", c)] if c is not None else [])
+    if run_flowc(rep, a.flowc, ["decode"] + common + ["--data", W("z.npy"), "-o", W("dx.npy"),
+                                                       "--logdet", W("dld.npy")] + cargs,
+                 "flowc decode") is not None:
+        compare(rep, "decode x", np.load(W("dx.npy")), ref_x, TOL, insz)
+        compare(rep, "decode logdet", np.load(W("dld.npy")), ref_ldd, TOL, insz)
+
+    # conversions: F64 weights with I32 perms, float64 data, one thread
+    if run_flowc(rep, a.flowc, ["logprob", a.flow] + margs + ["-w", W("w64.safetensors"), "--data", W("x64.npy"),
+                                                             "-o", W("lp64.npy"), "--threads", "1"] + cargs,
+                 "flowc logprob (F64/I32 weights, f64 data)") is not None:
+        compare(rep, "logprob, F64/I32 weights, f64 data", np.load(W("lp64.npy")), ref_lp, TOL, ins, slack=bud)
+        if os.path.exists(W("lp.npy")):
+            e, _, _ = rel_err(np.load(W("lp64.npy")), np.load(W("lp.npy")))
+            rep.ok(e <= 1e-6, "  same as the F32 run", "max rel err %.3g" % e)
+    if C:   # one context row for all samples
+        np.save(W("c1.npy"), c[:1])
+        if run_flowc(rep, a.flowc, ["logprob"] + common + ["--data", W("x.npy"), "-o", W("lpc1.npy"),
+                                                            "--context", W("c1.npy")],
+                     "flowc logprob (one context row)") is not None:
+            ref1 = flow.log_prob(xt, ct[:1].expand(N, C)).numpy()
+            compare(rep, "logprob, one context row for all", np.load(W("lpc1.npy")), ref1, TOL, ins,
+                    slack=fp32_budget(flow, xt, ct[:1].expand(N, C)))
+
+    # sample: its log_prob is the reference density of what it returns
+    ns = 64
+    scargs = []
+    cs = None
+    if C:
+        cs = rng.normal(size=(ns, C)).astype(np.float32)
+        np.save(W("cs.npy"), cs)
+        scargs = ["--context", W("cs.npy")]
+    if run_flowc(rep, a.flowc, ["sample"] + common + ["-n", str(ns), "--seed", "3", "-o", W("sx.npy"),
+                                                       "--logprob", W("slp.npy")] + scargs,
+                 "flowc sample") is not None:
+        sx = np.load(W("sx.npy")).reshape(ns, D)
+        slp = np.load(W("slp.npy"))
+        ok = rep.ok(sx.shape == (ns, D) and np.all(np.isfinite(sx)) and np.all(np.isfinite(slp)),
+                    "sample: shape and finite values")
+        if ok:
+            ref_s = flow.log_prob(torch.tensor(sx, dtype=F64),
+                                  None if cs is None else torch.tensor(cs, dtype=F64)).numpy()
+            budget = fp32_budget(flow, torch.tensor(sx, dtype=F64),
+                                 None if cs is None else torch.tensor(cs, dtype=F64))
+            compare(rep, "sample log_prob = density of its x", slp, ref_s, TOL_SAMPLE,
+                    [("x", sx)] + ([("c", cs)] if cs is not None else []), slack=budget)
+            # the base draws behind the samples should look standard normal
+            zs = flow.encode(torch.tensor(sx, dtype=F64), None if cs is None else torch.tensor(cs, dtype=F64))[0]
+            m, v = float(zs.mean()), float(zs.var())
+            rep.ok(abs(m) < 0.5 and 0.5 < v < 1.6, "sample: encoded samples look N(0, 1)",
+                   "mean %.3f var %.3f over %d values" % (m, v, zs.numel()))
+        if run_flowc(rep, a.flowc, ["sample"] + common + ["-n", str(ns), "--seed", "3", "-o", W("sx2.npy"),
+                                                           "--threads", "1"] + scargs,
+                     "flowc sample (1 thread)") is not None:
+            same = np.array_equal(np.load(W("sx2.npy")).reshape(ns, D), sx)
+            rep.ok(same, "sample: same draws with --threads 1")
+
+    print("torch_ref: %s: %s" % (model["name"], "all checks agree" if not rep.failed
+                                 else "%d check(s) FAILED" % rep.failed))
+    return 1 if rep.failed else 0
+
+
+# --------------------------------------------------------------------------
+# --selftest: the reference alone, on models built here
+
+
+def selftest():
+    rep = Report()
+    rng = np.random.default_rng(5)
+    acts = ["relu", "gelu", "gelu_tanh", "silu", "tanh", "elu", "softplus", "lipswish"]
+    cases = []
+    for D, C in ((1, 0), (1, 2), (2, 0), (5, 0), (6, 3), (16, 0)):
+        layers = []
+        for i, act in enumerate(acts):
+            layers.append(("affine_coupling", {"act": act, "scale": ["tanh", "exp", "sigmoid"][i % 3], "hidden": [8, 7]}))
+            layers.append(("permute", {"perm_kind": "reverse"}))
+        cases.append({"name": "self_D%d_C%d_acts" % (D, C), "D": D, "C": C, "layers": layers})
+        layers = [("additive_coupling", {"act": "elu", "hidden": [5]}),
+                   ("permute", {"perm_kind": "random"}),
+                   ("spline_coupling", {"act": "gelu", "hidden": [9, 9], "bins": 8, "bound": 3}),
+                   ("permute", {"perm_kind": "list"}),
+                   ("spline_coupling", {"act": "tanh", "hidden": [4], "bins": 1, "bound": 0.5}),
+                   ("actnorm", {}), ("linear_lu", {}),
+                   ("spline_coupling", {"act": "silu", "hidden": [6], "bins": 3, "bound": 1.0})]
+        cases.append({"name": "self_D%d_C%d" % (D, C), "D": D, "C": C, "layers": layers})
+    for model in cases:
+        D, C = model["D"], model["C"]
+        print("torch_ref selftest: D %d, context %d, %d layers" % (D, C, len(model["layers"])))
+        w0 = {}
+        for n, (dt, shape) in expected_names(model).items():
+            if n.endswith("perm"):
+                w0[n] = (dt, rng.permutation(D).astype(np.int64))
+            elif n.endswith("sign"):
+                w0[n] = (dt, rng.choice([-1.0, 1.0], size=D))
+            else:
+                w0[n] = (dt, np.zeros(shape))
+        wr = randomize(model, w0, rng)
+        flow = build_flow(model, wr)
+        x = torch.tensor(1.5 * rng.normal(size=(40, D)))
+        x[0] = 3.0
+        x[1] = -3.0
+        x[2] = 0.5
+        x[3] = 7.0
+        c = torch.tensor(rng.normal(size=(40, C))) if C else None
+        self_checks(rep, flow, x, c, rows=8)
+        lp = flow.log_prob(x, c)
+        rep.ok(bool(torch.all(torch.isfinite(lp))), "torch: log_prob finite")
+    # the spline alone against a direct, scalar transcription of section 5a
+    K, B = 5, 2.0
+    row = torch.tensor(rng.normal(size=(1, 1, 3 * K - 1)) * 1.5)
+    worst = 0.0
+    for u in list(np.linspace(-2.5, 2.5, 41)) + [-2.0, 2.0]:
+        y, ld = rqs(torch.tensor([[u]]), row, K, B, False)
+        ys, lds = rqs_scalar(float(u), row[0, 0].tolist(), K, B)
+        worst = max(worst, abs(float(y) - ys), abs(float(ld) - lds))
+        ub, ldb = rqs(y, row, K, B, True)
+        worst = max(worst, abs(float(ub) - u), abs(float(ldb) + float(ld)))
+    rep.ok(worst < 1e-12, "torch: vectorised RQS = scalar RQS, inverse", "max abs err %.3g" % worst)
+    # sigmoid scale and the activations at a few points, against math
+    pts = [-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0]
+    ref = {"relu": lambda t: max(t, 0.0), "gelu": lambda t: 0.5 * t * (1 + math.erf(t / math.sqrt(2))),
+           "gelu_tanh": lambda t: 0.5 * t * (1 + math.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3))),
+           "silu": lambda t: t / (1 + math.exp(-t)), "tanh": math.tanh,
+           "elu": lambda t: t if t > 0 else math.expm1(t), "softplus": lambda t: math.log1p(math.exp(t)),
+           "lipswish": lambda t: t / (1 + math.exp(-t)) / 1.1}
+    worst = 0.0
+    for name, f in ref.items():
+        got = activation(name, torch.tensor(pts))
+        worst = max(worst, max(abs(float(g) - f(t)) for g, t in zip(got, pts)))
+    got = scale_fn("sigmoid", torch.tensor(pts))
+    worst = max(worst, max(abs(float(g) - math.log(1 / (1 + math.exp(-(t + 2))))) for g, t in zip(got, pts)))
+    rep.ok(worst < 1e-12, "torch: activations and sigmoid scale", "max abs err %.3g" % worst)
+    # safetensors writer and reader agree (every dtype used here)
+    import tempfile
+    with tempfile.TemporaryDirectory() as td:
+        t = {"a.b": ("F32", np.arange(6, dtype=np.float32).reshape(2, 3) / 7),
+             "c": ("F64", np.array([1.5, -2.25])), "p": ("I64", np.array([2, 0, 1])),
+             "q": ("I32", np.array([1, 0])), "e": ("F32", np.zeros((4, 0), dtype=np.float32))}
+        st_write(os.path.join(td, "t.safetensors"), t, {"k": "v"})
+        back, meta = st_read(os.path.join(td, "t.safetensors"))
+        same = meta == {"k": "v"} and all(back[n][0] == dt and back[n][1].shape == a.shape and
+                                           np.array_equal(back[n][1], a) for n, (dt, a) in t.items())
+        rep.ok(same, "safetensors write/read round trip")
+    print("torch_ref selftest: %s" % ("all checks agree" if not rep.failed else "%d FAILED" % rep.failed))
+    return 1 if rep.failed else 0
+
+
+def rqs_scalar(u, row, K, B):
+    m = M_MIN
+    if u < -B or u > B:
+        return u, 0.0
+
+    def knots(r):
+        mx = max(r)
+        ex = [math.exp(t - mx) for t in r]
+        sm = [e / sum(ex) for e in ex]
+        W = [m + (1 - m * K) * s for s in sm]
+        ks = [-B]
+        acc = 0.0
+        for i in range(K):
+            acc += W[i]
+            ks.append(-B + 2 * B * acc)
+        ks[K] = B
+        return ks
+    xk, yk = knots(row[:K]), knots(row[K:2 * K])
+    delta = [1.0] + [m + math.log1p(math.exp(t)) for t in row[2 * K:]] + [1.0]
+    k = 0
+    while k < K - 1 and u >= xk[k + 1]:
+        k += 1
+    xi = (u - xk[k]) / (xk[k + 1] - xk[k])
+    s = (yk[k + 1] - yk[k]) / (xk[k + 1] - xk[k])
+    den = s + (delta[k + 1] + delta[k] - 2 * s) * xi * (1 - xi)
+    y = yk[k] + (yk[k + 1] - yk[k]) * (s * xi * xi + delta[k] * xi * (1 - xi)) / den
+    dy = s * s * (delta[k + 1] * xi * xi + 2 * s * xi * (1 - xi) + delta[k] * (1 - xi) ** 2) / den ** 2
+    return y, math.log(dy)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
