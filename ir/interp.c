@@ -53,12 +53,16 @@ static double at(const val *a, long r, long j) {
 
 typedef struct knots {
   int K;
-  double x[65], y[65], d[65];
+  double *x, *y, *d;      /* K + 1 each */
 } knots;
 
+/* Knots of one spline; free with free(kn->x). */
 static void rqs_knots(const double *h, int K, double B, knots *kn) {
   const double m = 1e-3;
   kn->K = K;
+  kn->x = malloc(3 * ((size_t)K + 1) * sizeof(double));
+  kn->y = kn->x + K + 1;
+  kn->d = kn->y + K + 1;
   for (int which = 0; which < 2; which++) {
     const double *w = h + which * K;
     double mx = w[0], s = 0;
@@ -92,7 +96,9 @@ static double rqs_fwd(double u, const double *h, int K, double B, double *logd) 
   double den = s + (kn.d[k + 1] + kn.d[k] - 2 * s) * q;
   double num = kn.d[k + 1] * xi * xi + 2 * s * q + kn.d[k] * (1 - xi) * (1 - xi);
   *logd = log(s * s * num / (den * den));
-  return kn.y[k] + hh * (s * xi * xi + kn.d[k] * q) / den;
+  double y = kn.y[k] + hh * (s * xi * xi + kn.d[k] * q) / den;
+  free(kn.x);
+  return y;
 }
 
 static double rqs_inv(double y, const double *h, int K, double B, double *logd) {
@@ -107,6 +113,7 @@ static double rqs_inv(double y, const double *h, int K, double B, double *logd) 
   double xi = fmin(fmax(2 * c / (-b - sqrt(disc)), 0), 1);
   double fl;
   double u = kn.x[k] + xi * w;
+  free(kn.x);
   rqs_fwd(u, h, K, B, &fl);
   *logd = -fl;
   return u;
@@ -219,19 +226,9 @@ static void eval(const ir_node *x, val *V, long B) {
   (void)B;
 }
 
-static int check_bins(const ir_graph *g, char *err, size_t errlen) {
-  for (int i = 0; i < g->nnodes; i++)
-    if (g->nodes[i]->op == IR_RQS && (g->nodes[i]->i0 < 1 || g->nodes[i]->i0 > 64)) {
-      snprintf(err, errlen, "interp: spline bins %d out of range 1..64", g->nodes[i]->i0);
-      return -1;
-    }
-  return 0;
-}
-
 int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
               long nrows, const double *in, const double *ctx,
               double *out0, double *out1, char *err, size_t errlen) {
-  if (check_bins(g, err, errlen)) return -1;
   val *V = calloc((size_t)g->nnodes, sizeof *V);
   for (int i = 0; i < g->nnodes; i++) {
     const ir_node *x = g->nodes[i];
