@@ -14,6 +14,9 @@ static const char *const op_names[IR_OP_COUNT] = {
   [IR_LINEAR] = "linear", [IR_SLICE] = "slice", [IR_CONCAT] = "concat",
   [IR_GATHER] = "gather", [IR_RQS] = "rqs", [IR_ROWSUM] = "rowsum",
   [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv",
+  [IR_DACT] = "dact", [IR_LINEAR_T] = "linear_t", [IR_PAD] = "pad",
+  [IR_BCAST] = "bcast", [IR_RQS_GRAD] = "rqs_grad", [IR_ACC_SUM] = "acc_sum",
+  [IR_ACC_OUTER] = "acc_outer",
 };
 
 const char *ir_op_name(ir_op op) { return op < IR_OP_COUNT ? op_names[op] : "?"; }
@@ -26,6 +29,7 @@ const char *ir_entry_name(ir_entry e) {
 
 int ir_is_unary(ir_op op) { return op >= IR_RELU && op <= IR_SQUARE; }
 int ir_is_binary(ir_op op) { return op >= IR_ADD && op <= IR_MUL; }
+int ir_is_sink(ir_op op) { return op == IR_ACC_SUM || op == IR_ACC_OUTER; }
 
 ir_graph *ir_graph_new(ir_arena *A) {
   ir_graph *g = ir_alloc(A, sizeof *g);
@@ -86,14 +90,18 @@ ir_node *ir_unary(ir_graph *g, ir_op op, ir_node *a) {
   return x;
 }
 
-/* Batch op batch of equal width, or either side a [1,n] / [1,1] param. */
+/* Batch op batch of equal width (or one of them [B,1]), or either side a
+** [1,n] / [1,1] param, broadcast along the rows and columns. */
 ir_node *ir_binary(ir_graph *g, ir_op op, ir_node *a, ir_node *b) {
   assert(ir_is_binary(op));
   int batch = a->batch || b->batch;
-  const ir_node *big = a->batch ? a : b->batch ? b : (a->rows * a->n >= b->rows * b->n ? a : b);
+  const ir_node *big;
+  if (a->batch != b->batch) big = a->batch ? a : b;
+  else big = a->rows * a->n >= b->rows * b->n ? a : b;
   const ir_node *other = big == a ? b : a;
-  assert(other->n == big->n || (other->n == 1 && other->rows == 1));
+  assert(other->n == big->n || other->n == 1);
   assert(!batch || other->batch || other->rows == 1);
+  (void)other;
   ir_node *x = add(g, op, batch, big->rows, big->n);
   arg(x, a);
   arg(x, b);
@@ -179,4 +187,75 @@ void ir_renumber(ir_graph *g) {
   for (int i = 0; i < g->nnodes; i++)
     for (int k = 0; k < g->nodes[i]->nargs; k++) g->nodes[i]->args[k]->uses++;
   for (int k = 0; k < g->nouts; k++) g->outs[k]->uses++;
+}
+
+ir_node *ir_dact(ir_graph *g, ir_op unary, ir_node *a) {
+  assert(ir_is_unary(unary) && a->batch);
+  ir_node *x = add(g, IR_DACT, 1, 1, a->n);
+  arg(x, a);
+  x->i0 = unary;
+  return x;
+}
+
+ir_node *ir_linear_t(ir_graph *g, ir_node *dy, ir_node *W) {
+  assert(dy->batch && !W->batch && W->rows == dy->n);
+  ir_node *x = add(g, IR_LINEAR_T, 1, 1, W->n);
+  arg(x, dy);
+  arg(x, W);
+  return x;
+}
+
+ir_node *ir_pad(ir_graph *g, ir_node *a, int lo, int width) {
+  assert(a->batch && lo >= 0 && lo + a->n <= width);
+  if (lo == 0 && a->n == width) return a;
+  ir_node *x = add(g, IR_PAD, 1, 1, width);
+  arg(x, a);
+  x->i0 = lo;
+  x->i1 = width;
+  return x;
+}
+
+ir_node *ir_bcast(ir_graph *g, ir_node *a, int n) {
+  assert(a->batch && a->n == 1);
+  if (n == 1) return a;
+  ir_node *x = add(g, IR_BCAST, 1, 1, n);
+  arg(x, a);
+  return x;
+}
+
+ir_node *ir_rqs_grad(ir_graph *g, const ir_node *rqs, ir_node *gy, ir_node *gl) {
+  int m = rqs->args[0]->n;
+  assert(gy->batch && gl->batch && gy->n == m && gl->n == m);
+  ir_node *x = add(g, IR_RQS_GRAD, 1, 1, m + rqs->args[1]->n);
+  arg(x, rqs->args[0]);
+  arg(x, rqs->args[1]);
+  arg(x, gy);
+  arg(x, gl);
+  x->i0 = rqs->i0;
+  x->i1 = rqs->i1;
+  x->f0 = rqs->f0;
+  return x;
+}
+
+ir_node *ir_acc_sum(ir_graph *g, ir_node *a, ir_node *b, ir_node *target) {
+  assert(a->batch && !target->batch && (!b || (b->batch && b->n == a->n)));
+  assert(target->rows * target->n == a->n || (target->rows == 1 && target->n == 1));
+  ir_node *x = add(g, IR_ACC_SUM, 0, 1, 0);
+  arg(x, a);
+  if (b) arg(x, b);
+  arg(x, target);
+  return x;
+}
+
+ir_node *ir_acc_outer(ir_graph *g, ir_node *dy, ir_node *in, ir_node *target) {
+  assert(dy->batch && in->batch && target->rows == dy->n && target->n == in->n);
+  ir_node *x = add(g, IR_ACC_OUTER, 0, 1, 0);
+  arg(x, dy);
+  arg(x, in);
+  arg(x, target);
+  return x;
+}
+
+int ir_grad_slot(const ir_program *p, const ir_node *target) {
+  return target->op == IR_PARAM ? target->i0 : p->nparams + target->prep;
 }

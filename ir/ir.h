@@ -8,8 +8,9 @@
 **   param  [rows, n] depends on parameters and constants only, evaluated
 **                    once when weights are loaded (the "prep" program).
 **
-** Binary elementwise ops take two batch tensors of equal width, or a batch
-** tensor and a param tensor of shape [1, n] (row broadcast) or [1, 1].
+** Binary elementwise ops take two batch tensors of equal width (or one of
+** them [B, 1], broadcast along the columns), or a batch tensor and a param
+** tensor of shape [1, n] (row broadcast) or [1, 1].
 **
 ** A program is one checked model lowered to a parameter table and one graph
 ** per entry point. Inputs: slot 0 is the data ([B, D] rows, or z for
@@ -48,6 +49,20 @@ typedef enum ir_op {
   /* param only */
   IR_LU_W,        /* lower, upper, log_diag, sign, perm -> W = P L U [D,D] */
   IR_LU_WINV,     /* same args -> W^-1 [D,D] */
+  /* backward ops (passes/autodiff.c), batch */
+  IR_DACT,        /* f'(x) of the unary op i0, elementwise */
+  IR_LINEAR_T,    /* dy[B,out], W[out,in] (param-class) -> dy W  [B,in] */
+  IR_PAD,         /* x[B,n] -> [B,i1]: x at columns [i0, i0+n), zero elsewhere */
+  IR_BCAST,       /* x[B,1] -> [B,n] */
+  IR_RQS_GRAD,    /* x, h, gy[B,m], gl[B,m] -> [B, m + m(3K-1)] = [gx | gh]:
+                     back through IR_RQS (same i0, i1, f0) given the loss's
+                     gradients gy, gl w.r.t. its two outputs y and log-det */
+  /* gradient sinks: no value; the last arg is the target, an IR_PARAM or
+     a prep node; they add a sum over the tile's rows into its gradient */
+  IR_ACC_SUM,     /* a[B,n] [, b[B,n]], target: g[j] += sum_r a[r,j] (* b[r,j]);
+                     when the target is [1,1] and n > 1, g[0] += the sum over j too */
+  IR_ACC_OUTER,   /* dy[B,out], x[B,in], target [out,in]:
+                     g[o*in + i] += sum_r dy[r,o] x[r,i] */
   IR_OP_COUNT
 } ir_op;
 
@@ -120,6 +135,7 @@ typedef struct ir_program {
   int nparams;
   ir_param *params;
   ir_graph *entry[IR_NENTRY];
+  ir_graph *train;        /* pass_autodiff: log_prob with gradient sinks, or NULL */
 } ir_program;
 
 /* graph building (ir.c) */
@@ -136,9 +152,19 @@ ir_node *ir_gather(ir_graph *g, ir_node *x, ir_node *perm, const int *idx, int i
 ir_node *ir_rqs(ir_graph *g, ir_node *x, ir_node *h, int bins, double bound, int inverse);
 ir_node *ir_rowsum(ir_graph *g, ir_node *x);
 ir_node *ir_lu(ir_graph *g, ir_op op, ir_node *const lu[5]);
+ir_node *ir_dact(ir_graph *g, ir_op unary, ir_node *x);
+ir_node *ir_linear_t(ir_graph *g, ir_node *dy, ir_node *W);
+ir_node *ir_pad(ir_graph *g, ir_node *x, int lo, int width);
+ir_node *ir_bcast(ir_graph *g, ir_node *x, int n);
+ir_node *ir_rqs_grad(ir_graph *g, const ir_node *rqs, ir_node *gy, ir_node *gl);
+ir_node *ir_acc_sum(ir_graph *g, ir_node *a, ir_node *b, ir_node *target);
+ir_node *ir_acc_outer(ir_graph *g, ir_node *dy, ir_node *x, ir_node *target);
+/* Gradient slot of a sink's target: param index, or nparams + prep index. */
+int ir_grad_slot(const ir_program *p, const ir_node *target);
 void ir_output(ir_graph *g, ir_node *x);
 void ir_renumber(ir_graph *g);        /* ids and use counts from scratch */
 int ir_is_unary(ir_op op);
+int ir_is_sink(ir_op op);
 int ir_is_binary(ir_op op);
 const char *ir_op_name(ir_op op);
 const char *ir_entry_name(ir_entry e);

@@ -11,6 +11,6 @@ void pass_prep(ir_graph *g) {
   g->nprep = 0;
   for (int i = 0; i < g->nnodes; i++) {
     ir_node *x = g->nodes[i];
-    x->prep = !x->batch && x->op != IR_PARAM ? g->nprep++ : -1;
+    x->prep = !x->batch && x->op != IR_PARAM && !ir_is_sink(x->op) ? g->nprep++ : -1;
   }
 }

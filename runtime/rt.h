@@ -81,6 +81,8 @@ typedef struct rt_desc {
   int nparams;
   rt_param_desc *params;
   rt_entry_desc entry[RT_NENTRY];
+  int has_train;            /* a gradient kernel exists (flowc train) */
+  rt_entry_desc train;      /* its prep program and scratch; has_ld 0 */
 } rt_desc;
 
 /* Descriptor text form: what a built .so carries; parse(format(d)) == d. */
@@ -141,6 +143,28 @@ int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
                     size_t ctx_rows, float *x, float *log_prob);
 /* The prep results of an entry, for tests and the interpreter. */
 const float *const *rt_model_prep(const rt_model *m, int entry);
+
+/*
+** Training (rt_train.c). The gradient kernel has the ABI above with
+**   args[0] x, args[1] ctx, args[2] log p(x) per row (nrows x 1), args[3] NULL,
+**   params, the train entry's Q prep results, scratch, and then
+**   args[5+P+Q .. 5+P+2Q+P)  P + Q gradient slots (float*, NULL for I64
+**   params): the kernel ADDS d(sum over its rows of -log p)/d(slot) into
+**   them. Slot i < P is parameter i, slot P + q is prep result q.
+** rt_model_grad runs it over n rows (tiles spread over the threads, each
+** thread accumulating into its own slots, summed in thread order), then
+** back-propagates the prep slots through the prep program into the
+** parameters (rt_prep_backward), and divides by n: grads[i] (floats, or
+** NULL for I64 params) receives d(mean -log p)/d(param i); *loss the mean
+** -log p. Returns RT_ENUMERIC when the loss or a gradient is not finite.
+*/
+int rt_model_set_train(rt_model *m, rt_kernel train);
+int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_t ctx_rows,
+                  double *loss, float *const *grads);
+/* Replaces the model's parameters (same shapes) and reruns every prep
+** program: what an optimiser step ends with. */
+int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errlen);
+const rt_weights *rt_model_params(const rt_model *m);
 
 /* Entry points of a built shared object (rt_so.c): the generated m_open
 ** calls this with the embedded descriptor text and, optionally, weights. */

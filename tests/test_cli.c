@@ -5,6 +5,7 @@
 ** built shared object used from the example C program.
 */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

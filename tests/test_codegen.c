@@ -691,8 +691,8 @@ Test(codegen, shared_object) {
   /* the header compiles and carries the sizes */
   char *h = tu_read_file(hdr, NULL);
   cr_assert(h, "no header");
-  cr_assert(strstr(h, "#define cgso_DIM 4"));
-  cr_assert(strstr(h, "#define cgso_CONTEXT_DIM 2"));
+  cr_assert(strstr(h, "#define CGSO_DIM 4"));
+  cr_assert(strstr(h, "#define CGSO_CONTEXT_DIM 2"));
   free(h);
   char cmd[1024], *out = NULL;
   snprintf(cmd, sizeof cmd, "printf '#include \"cgso.h\"\\nint main(void){return (int)cgso_dim();}\\n' | "
