@@ -38,6 +38,30 @@ static double unary(ir_op op, double x) {
   }
 }
 
+/* f'(x) for each unary op. */
+static double dunary(ir_op op, double x) {
+  double sg = sigmoid(x), t;
+  switch (op) {
+  case IR_RELU: return x > 0;
+  case IR_GELU: return 0.5 * (1 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2 * M_PI);
+  case IR_GELU_TANH: {
+    double c = sqrt(2 / M_PI), u = c * (x + 0.044715 * x * x * x);
+    t = tanh(u);
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x);
+  }
+  case IR_SILU: return sg * (1 + x * (1 - sg));
+  case IR_TANH: t = tanh(x); return 1 - t * t;
+  case IR_ELU: return x > 0 ? 1 : exp(x);
+  case IR_SOFTPLUS: return sg;
+  case IR_LIPSWISH: return sg * (1 + x * (1 - sg)) / 1.1;
+  case IR_EXP: return exp(x);
+  case IR_NEG: return -1;
+  case IR_LOGSIGMOID: return sigmoid(-x);
+  case IR_SQUARE: return 2 * x;
+  default: return NAN;
+  }
+}
+
 static double binary(ir_op op, double a, double b) {
   return op == IR_ADD ? a + b : op == IR_SUB ? a - b : a * b;
 }
@@ -117,6 +141,28 @@ static double rqs_inv(double y, const double *h, int K, double B, double *logd) 
   rqs_fwd(u, h, K, B, &fl);
   *logd = -fl;
   return u;
+}
+
+/* Back through one spline value, by central differences in double: the
+** oracle for the compiled, analytic rt_k_rqs_grad. gh gets 3K-1 values. */
+static double rqs_grad(double x, const double *h, int K, double B, int inv, double gy,
+                       double gl, double *gh) {
+  int w = 3 * K - 1;
+  double *hh = malloc((size_t)w * sizeof *hh), e = 1e-6, lp, lm;
+  memcpy(hh, h, (size_t)w * sizeof *hh);
+#define F(xx, hp, l) (inv ? rqs_inv(xx, hp, K, B, l) : rqs_fwd(xx, hp, K, B, l))
+  double gx = (gy * (F(x + e, hh, &lp) - F(x - e, hh, &lm)) + gl * (lp - lm)) / (2 * e);
+  for (int k = 0; k < w; k++) {
+    hh[k] = h[k] + e;
+    double yp = F(x, hh, &lp);
+    hh[k] = h[k] - e;
+    double ym = F(x, hh, &lm);
+    hh[k] = h[k];
+    gh[k] = (gy * (yp - ym) + gl * (lp - lm)) / (2 * e);
+  }
+#undef F
+  free(hh);
+  return gx;
 }
 
 /* ---- linear_lu: W = P L U, (P v)[i] = v[perm[i]] ---- */
@@ -221,14 +267,60 @@ static void eval(const ir_node *x, val *V, long B) {
     lu_w(args, o->v, x->op == IR_LU_WINV);
     break;
   }
+  case IR_DACT:
+    for (long i = 0; i < R * n; i++) o->v[i] = dunary((ir_op)x->i0, a->v[i]);
+    break;
+  case IR_LINEAR_T:
+    for (long r = 0; r < R; r++)
+      for (long i = 0; i < n; i++) {
+        double s = 0;
+        for (long j = 0; j < a->n; j++) s += a->v[r * a->n + j] * b->v[j * n + i];
+        o->v[r * n + i] = s;
+      }
+    break;
+  case IR_PAD:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < a->n; j++) o->v[r * n + x->i0 + j] = a->v[r * a->n + j];
+    break;
+  case IR_BCAST:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[r];
+    break;
+  case IR_RQS_GRAD: {
+    long m = a->n, w = 3 * x->i0 - 1;
+    const val *gy = &V[x->args[2]->id], *gl = &V[x->args[3]->id];
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < m; j++)
+        o->v[r * n + j] = rqs_grad(a->v[r * m + j], &b->v[r * b->n + j * w], x->i0, x->f0, x->i1,
+                                   gy->v[r * m + j], gl->v[r * m + j], &o->v[r * n + m + j * w]);
+    break;
+  }
   default: break;
   }
   (void)B;
 }
 
-int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
-              long nrows, const double *in, const double *ctx,
-              double *out0, double *out1, char *err, size_t errlen) {
+/* A sink adds its row sums into the gradient of its target. */
+static void sink(const ir_program *p, const ir_node *x, const val *V, long R, double *const *grads) {
+  const ir_node *t = x->args[x->nargs - 1];
+  double *g = grads ? grads[ir_grad_slot(p, t)] : NULL;
+  if (!g) return;
+  const val *a = &V[x->args[0]->id], *b = x->nargs == 3 ? &V[x->args[1]->id] : NULL;
+  if (x->op == IR_ACC_OUTER) {
+    for (long r = 0; r < R; r++)
+      for (long o = 0; o < a->n; o++)
+        for (long i = 0; i < b->n; i++) g[o * b->n + i] += a->v[r * a->n + o] * b->v[r * b->n + i];
+    return;
+  }
+  int all = t->rows * t->n == 1;
+  for (long r = 0; r < R; r++)
+    for (long j = 0; j < a->n; j++)
+      g[all ? 0 : j] += a->v[r * a->n + j] * (b ? b->v[r * b->n + j] : 1);
+}
+
+static int interp(const ir_program *p, const ir_graph *g, const void *const *params,
+                  long nrows, const double *in, const double *ctx, double *out0, double *out1,
+                  double *const *grads, char *err, size_t errlen) {
   val *V = calloc((size_t)g->nnodes, sizeof *V);
   for (int i = 0; i < g->nnodes; i++) {
     const ir_node *x = g->nodes[i];
@@ -244,6 +336,8 @@ int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
       for (long k = 0; k < V[i].rows * x->n; k++)
         V[i].v[k] = pa->dtype == IR_F32 ? ((const float *)params[x->i0])[k]
                                         : (double)((const int64_t *)params[x->i0])[k];
+    } else if (ir_is_sink(x->op)) {
+      sink(p, x, V, nrows, grads);
     } else {
       eval(x, V, nrows);
     }
@@ -256,4 +350,16 @@ int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
   for (int i = 0; i < g->nnodes; i++) free(V[i].v);
   free(V);
   return 0;
+}
+
+int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
+              long nrows, const double *in, const double *ctx,
+              double *out0, double *out1, char *err, size_t errlen) {
+  return interp(p, g, params, nrows, in, ctx, out0, out1, NULL, err, errlen);
+}
+
+int ir_interp_grads(const ir_program *p, const ir_graph *g, const void *const *params,
+                    long nrows, const double *in, const double *ctx, double *out0,
+                    double *const *grads, char *err, size_t errlen) {
+  return interp(p, g, params, nrows, in, ctx, out0, NULL, grads, err, errlen);
 }

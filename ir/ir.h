@@ -186,5 +186,10 @@ void ir_dump_program(FILE *f, const ir_program *p);
 int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
               long nrows, const double *in, const double *ctx,
               double *out0, double *out1, char *err, size_t errlen);
+/* The same for a graph with gradient sinks (p->train after pass_prep):
+** each sink adds into grads[ir_grad_slot(target)], sized like its target. */
+int ir_interp_grads(const ir_program *p, const ir_graph *g, const void *const *params,
+                    long nrows, const double *in, const double *ctx, double *out0,
+                    double *const *grads, char *err, size_t errlen);
 
 #endif

@@ -204,6 +204,13 @@ float rt_uniform01(uint64_t seed, uint64_t stream, uint64_t i); /* (0,1) */
 ** log|dx/dy| (inverse) in *logd. */
 float rt_k_rqs(float x, const float *h, int64_t bins, float bound, float *logd);
 float rt_k_rqs_inv(float y, const float *h, int64_t bins, float bound, float *logd);
+/* Back through one spline value: given gy = dL/dy and gl = dL/d(logd) of
+** the outputs of rt_k_rqs (or rt_k_rqs_inv), returns dL/dx (dL/dy) and
+** WRITES dL/dh[k] into gh[0 .. 3K-1). Exact derivatives, not differences. */
+float rt_k_rqs_grad(float x, const float *h, int64_t bins, float bound, float gy, float gl,
+                    float *gh);
+float rt_k_rqs_inv_grad(float y, const float *h, int64_t bins, float bound, float gy, float gl,
+                        float *gh);
 /* C[m,n] = A[m,k] B[n,k]^T (+ bias[n] when non-NULL): OpenBLAS sgemm. */
 void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                const float *bias, float *C);
