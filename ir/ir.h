@@ -136,6 +136,7 @@ typedef struct ir_program {
   ir_param *params;
   ir_graph *entry[IR_NENTRY];
   ir_graph *train;        /* pass_autodiff: log_prob with gradient sinks, or NULL */
+  int *layer_param0;      /* first parameter index of each layer */
 } ir_program;
 
 /* graph building (ir.c) */
@@ -172,6 +173,12 @@ const char *ir_entry_name(ir_entry e);
 /* lowering (lower.c): one checked model to a program; NULL with err set */
 ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen);
 long ir_param_count(const ir_program *p);   /* trainable scalars */
+/* A fresh graph of entry e, as ir_lower made it. */
+ir_graph *ir_lower_entry(ir_program *p, ir_entry e);
+/* The density direction up to layer k: x through the inverses of layers
+** K-1 .. k+1; out[0] is the input of layer k's inverse (data-dependent
+** initialisation of actnorm). */
+ir_graph *ir_lower_prefix(ir_program *p, int k);
 
 /* text form (dump.c), stable for golden tests */
 void ir_dump_graph(FILE *f, const ir_graph *g);

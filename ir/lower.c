@@ -225,13 +225,20 @@ static ir_node *ld_batch(lw *w, ir_node *x) {
   return w->ld ? (w->ld->batch ? w->ld : ir_binary(w->g, IR_ADD, zero, w->ld)) : zero;
 }
 
-static ir_graph *lower_entry(ir_program *p, const int *p0, ir_entry e) {
+/* stop >= 0: only the density direction down to layer stop + 1. */
+static ir_graph *lower_entry(ir_program *p, const int *p0, ir_entry e, int stop) {
   const ir_model *m = p->model;
   lw w = {ir_graph_new(p->A), p, m, NULL, NULL};
   ir_node *x = ir_input(w.g, 0, m->dim);
   if (m->context > 0) w.ctx = ir_input(w.g, 1, m->context);
   int density = e == IR_ENTRY_ENCODE || e == IR_ENTRY_ENCODE_LD || e == IR_ENTRY_LOGPROB;
   ir_node *u = x;
+  if (stop >= 0) {
+    for (int k = m->nlayers - 1; k > stop; k--) u = layer(&w, &m->layers[k], p0[k], u, 1);
+    ir_output(w.g, u);
+    ir_renumber(w.g);
+    return w.g;
+  }
   if (density)
     for (int k = m->nlayers - 1; k >= 0; k--) u = layer(&w, &m->layers[k], p0[k], u, 1);
   else
@@ -268,8 +275,17 @@ ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen) {
       return NULL;
     }
   }
-  for (int e = 0; e < IR_NENTRY; e++) p->entry[e] = lower_entry(p, p0, (ir_entry)e);
+  p->layer_param0 = p0;
+  for (int e = 0; e < IR_NENTRY; e++) p->entry[e] = lower_entry(p, p0, (ir_entry)e, -1);
   return p;
+}
+
+ir_graph *ir_lower_entry(ir_program *p, ir_entry e) {
+  return lower_entry(p, p->layer_param0, e, -1);
+}
+
+ir_graph *ir_lower_prefix(ir_program *p, int k) {
+  return lower_entry(p, p->layer_param0, IR_ENTRY_ENCODE, k);
 }
 
 long ir_param_count(const ir_program *p) {

@@ -25,6 +25,10 @@ void pass_fold(ir_graph *g);     /* fold constant-only arithmetic */
 void pass_prep(ir_graph *g);     /* number the parameter-only nodes */
 void pass_memplan(ir_graph *g);  /* scratch offsets, reusing dead buffers */
 
+/* Builds p->train, the gradient graph of log_prob (autodiff.c). Run it
+** before pass_pipeline, which then optimises the train graph as well. */
+int pass_autodiff(ir_program *p);
+
 const pass_info *pass_table(int *n);
 const pass_info *pass_find(const char *name);
 

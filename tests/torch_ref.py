@@ -41,6 +41,16 @@ M_MIN = 1e-3        # spline minimum width/height/derivative (section 5a)
 # safetensors, by hand
 
 
+def to_half(a, dt):
+    """float32 values rounded to F16 or BF16 (nearest even), as float32."""
+    a = np.asarray(a, dtype=np.float32)
+    if dt == "F16":
+        return a.astype(np.float16).astype(np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
 _ST_DT = {"F32": np.float32, "F64": np.float64, "F16": np.float16,
           "I64": np.int64, "I32": np.int32}
 
@@ -71,7 +81,10 @@ def st_write(path, tensors, metadata=None):
         header["__metadata__"] = metadata
     for name in sorted(tensors):
         dt, arr = tensors[name]
-        raw = np.ascontiguousarray(arr, dtype=np.dtype(_ST_DT[dt]).newbyteorder("<")).tobytes()
+        if dt == "BF16":    # the upper half of the (already rounded) float32
+            raw = (to_half(arr, "BF16").view(np.uint32) >> 16).astype("<u2").tobytes()
+        else:
+            raw = np.ascontiguousarray(arr, dtype=np.dtype(_ST_DT[dt]).newbyteorder("<")).tobytes()
         header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
         off += len(raw)
@@ -738,6 +751,18 @@ def main(argv):
         if os.path.exists(W("lp.npy")):
             e, _, _ = rel_err(np.load(W("lp64.npy")), np.load(W("lp.npy")))
             rep.ok(e <= 1e-6, "  same as the F32 run", "max rel err %.3g" % e)
+    # half-precision weights: F16 and BF16 files, against the reference
+    # evaluated with the same rounded values
+    for dt in ("F16", "BF16"):
+        wh = {n: (to_half(v, dt) if v.dtype.kind == "f" else v) for n, v in wr.items()}
+        fn = W("w_%s.safetensors" % dt.lower())
+        st_write(fn, {n: (dt if v.dtype.kind == "f" else "I64", v) for n, v in wh.items()})
+        if run_flowc(rep, a.flowc, ["logprob", a.flow] + margs + ["-w", fn, "--data", W("x.npy"),
+                                                                 "-o", W("lp_%s.npy" % dt.lower())] + cargs,
+                     "flowc logprob (%s weights)" % dt) is not None:
+            fh = build_flow(model, wh)
+            compare(rep, "logprob, %s weights" % dt, np.load(W("lp_%s.npy" % dt.lower())),
+                    fh.log_prob(xt, ct).numpy(), TOL, ins, slack=fp32_budget(fh, xt, ct))
     if C:   # one context row for all samples
         np.save(W("c1.npy"), c[:1])
         if run_flowc(rep, a.flowc, ["logprob"] + common + ["--data", W("x.npy"), "-o", W("lpc1.npy"),
@@ -860,11 +885,15 @@ def selftest():
     with tempfile.TemporaryDirectory() as td:
         t = {"a.b": ("F32", np.arange(6, dtype=np.float32).reshape(2, 3) / 7),
              "c": ("F64", np.array([1.5, -2.25])), "p": ("I64", np.array([2, 0, 1])),
-             "q": ("I32", np.array([1, 0])), "e": ("F32", np.zeros((4, 0), dtype=np.float32))}
+             "q": ("I32", np.array([1, 0])), "e": ("F32", np.zeros((4, 0), dtype=np.float32)),
+             "h": ("F16", np.array([0.5, -3.0, 1 / 3], dtype=np.float16)),
+             "g": ("BF16", to_half(np.array([0.5, -3.0, 1 / 3, 1e-3]), "BF16"))}
         st_write(os.path.join(td, "t.safetensors"), t, {"k": "v"})
         back, meta = st_read(os.path.join(td, "t.safetensors"))
         same = meta == {"k": "v"} and all(back[n][0] == dt and back[n][1].shape == a.shape and
                                            np.array_equal(back[n][1], a) for n, (dt, a) in t.items())
+        same = same and float(to_half(np.array([1 + 2 ** -9]), "BF16")[0]) == 1.0 \
+            and float(to_half(np.array([1 + 3 * 2 ** -9]), "BF16")[0]) == 1 + 2 ** -7
         rep.ok(same, "safetensors write/read round trip")
     print("torch_ref selftest: %s" % ("all checks agree" if not rep.failed else "%d FAILED" % rep.failed))
     return 1 if rep.failed else 0
