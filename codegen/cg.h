@@ -6,7 +6,9 @@
 ** Each entry becomes one kernel `void flowc_<model>_<entry>(void *const
 ** *args, int64_t nrows)` with the ABI of runtime/rt.h; it processes up to
 ** desc.tile rows through the whole graph, every column size a compile-time
-** constant. Only codegen/ includes the LLVM headers.
+** constant. The train graph (p->train, when present) becomes the gradient
+** kernel flowc_<model>_train of rt.h's training ABI: in the JIT only, a
+** shared object is for inference. Only codegen/ includes the LLVM headers.
 */
 #ifndef FLOWC_CG_H
 #define FLOWC_CG_H
@@ -20,10 +22,11 @@
 typedef struct cg_jit cg_jit;
 
 /* Rows per kernel call chosen for p: 64, halved while tile * scratch floats
-** of the largest entry would exceed 512 KiB (at least 1). */
+** of the largest entry (or the train graph) would exceed 512 KiB (at least 1). */
 int cg_tile(const ir_program *p);
 
-/* Descriptor of a program that has been through pass_pipeline. malloc'd,
+/* Descriptor of a program that has been through pass_pipeline (has_train
+** and train filled when p->train exists). malloc'd,
 ** free with rt_desc_free. NULL with err set when the program uses a
 ** parameter-only op the runtime's prep program cannot compute. */
 rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen);
@@ -34,6 +37,9 @@ rt_desc *cg_desc(const ir_program *p);
 cg_jit *cg_jit_new(const ir_program *p, int opt, char *err, size_t errlen);
 /* The kernels in rt entry order; NULL for an entry the program lacks. */
 void cg_jit_kernels(const cg_jit *j, rt_kernel out[RT_NENTRY]);
+/* The gradient kernel flowc_<model>_train (rt.h's training ABI) compiled
+** from p->train; NULL when the program has no train graph. */
+rt_kernel cg_jit_train(const cg_jit *j);
 double cg_jit_compile_ms(const cg_jit *j);
 void cg_jit_free(cg_jit *j);
 

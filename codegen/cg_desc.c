@@ -2,8 +2,8 @@
 ** codegen/cg_desc.c: ir_program -> rt_desc.
 **
 ** Parameters map one to one (ir_init and rt_init share their order). Each
-** entry's prep program is its parameter-class nodes with node->prep >= 0,
-** in prep order; an argument is an IR_PARAM (its parameter index) or an
+** entry's prep program (and the train graph's, in desc->train) is its
+** parameter-class nodes with node->prep >= 0, in prep order; an argument is an IR_PARAM (its parameter index) or an
 ** earlier prep node (nparams + its prep index).
 */
 #define _GNU_SOURCE
@@ -41,11 +41,12 @@ static int prep_op(ir_op op, rt_prep_op *out) {
   }
 }
 
+/* ent: an entry, or RT_NENTRY for the train graph */
 static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err, size_t errlen) {
-  const ir_graph *g = p->entry[ent];
+  const ir_graph *g = ent < RT_NENTRY ? p->entry[ent] : p->train;
   if (!g) return 0;
   d->scratch = g->scratch;
-  d->has_ld = g->nouts == 2;
+  d->has_ld = ent < RT_NENTRY && g->nouts == 2;
   d->nprep = g->nprep;
   if (g->nprep <= 0) return 0;
   d->prep = calloc((size_t)g->nprep, sizeof *d->prep);
@@ -58,7 +59,7 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
   for (int i = 0; i < g->nnodes && !rc; i++) {
     const ir_node *x = g->nodes[i];
     if (x->batch || x->op == IR_PARAM || x->prep < 0) continue;
-    const char *en = ir_entry_name((ir_entry)ent);
+    const char *en = ent < RT_NENTRY ? ir_entry_name((ir_entry)ent) : "train";
     if (x->prep >= g->nprep || seen[x->prep]) {
       rc = fail(err, errlen, "%s: node %d has prep index %d (program of %d)", en, x->id,
                 x->prep, g->nprep);
@@ -97,7 +98,9 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
     }
   }
   for (int q = 0; q < g->nprep && !rc; q++)
-    if (!seen[q]) rc = fail(err, errlen, "%s: prep index %d has no node", ir_entry_name((ir_entry)ent), q);
+    if (!seen[q])
+      rc = fail(err, errlen, "%s: prep index %d has no node",
+                ent < RT_NENTRY ? ir_entry_name((ir_entry)ent) : "train", q);
   free(seen);
   return rc;
 }
@@ -143,6 +146,13 @@ rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
       rt_desc_free(d);
       return NULL;
     }
+  if (p->train) {
+    d->has_train = 1;
+    if (entry_desc(p, RT_NENTRY, &d->train, err, errlen)) {
+      rt_desc_free(d);
+      return NULL;
+    }
+  }
   return d;
 oom:
   fail(err, errlen, "out of memory");

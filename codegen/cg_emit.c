@@ -9,6 +9,10 @@
 ** is a compile-time constant; only the row count is dynamic. Each node is
 ** one loop nest over the rows of the tile; elementwise ops over contiguous
 ** buffers are a single flat loop so that the vectorizer sees a simple loop.
+**
+** The train graph's kernel has the same layout plus P + Q gradient slot
+** pointers after the scratch pointer; its sinks (IR_ACC_SUM, IR_ACC_OUTER)
+** sum the tile's rows into a stack buffer and then add that into the slot.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
@@ -23,8 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const entry_names[RT_NENTRY] = {
-  "encode", "encode_ld", "decode", "decode_ld", "log_prob"
+static const char *const entry_names[RT_NENTRY + 1] = {
+  "encode", "encode_ld", "decode", "decode_ld", "log_prob", "train"
 };
 
 static const LLVMFastMathFlags FMF =
@@ -35,6 +39,8 @@ static const LLVMFastMathFlags FMF =
 static const cg_extern_sym externs[] = {
   {"rt_k_rqs", (void *)rt_k_rqs},
   {"rt_k_rqs_inv", (void *)rt_k_rqs_inv},
+  {"rt_k_rqs_grad", (void *)rt_k_rqs_grad},
+  {"rt_k_rqs_inv_grad", (void *)rt_k_rqs_inv_grad},
   {"rt_k_gemm", (void *)rt_k_gemm},
   {"expf", (void *)expf},
   {"expm1f", (void *)expm1f},
@@ -102,6 +108,7 @@ LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen) {
     fail(err, errlen, "no LLVM target for %s: %s", triple, msg ? msg : "?");
     LLVMDisposeMessage(msg);
   } else {
+    if (getenv("CG_CGL")) opt = atoi(getenv("CG_CGL")); /* TEMP */
     LLVMCodeGenOptLevel lvl = opt <= 0 ? LLVMCodeGenLevelNone
                             : opt == 1 ? LLVMCodeGenLevelLess
                             : opt == 2 ? LLVMCodeGenLevelDefault
@@ -125,6 +132,7 @@ int cg_tile(const ir_program *p) {
   long s = 1;
   for (int e = 0; e < IR_NENTRY; e++)
     if (p->entry[e] && p->entry[e]->scratch > s) s = p->entry[e]->scratch;
+  if (p->train && p->train->scratch > s) s = p->train->scratch;
   int tile = 64;
   while (tile > 1 && (long)tile * s * (long)sizeof(float) > 512L * 1024) tile /= 2;
   return tile;
@@ -144,8 +152,10 @@ typedef struct E {
   LLVMBuilderRef B;
   LLVMTypeRef f32, i64, ptr, vt;
   LLVMValueRef fn, nrows, scratch, acc, logd;
+  LLVMValueRef tmp;       /* float[tmpn] on the stack: a sink's partial sums */
   LLVMValueRef *pargs;    /* P parameter pointers */
   LLVMValueRef *qargs;    /* Q prep pointers */
+  LLVMValueRef *gargs;    /* P + Q gradient slots (train kernel), or NULL */
   LLVMValueRef io[4];
   const ir_program *p;
   const ir_graph *g;
@@ -312,6 +322,64 @@ static LLVMValueRef unary(E *e, ir_op op, LLVMValueRef x) {
   }
 }
 
+/* sigmoid(x) into *s and 1 - sigmoid(x) = sigmoid(-x) into *om, from
+** e = exp(-|x|) <= 1: nothing overflows, whatever the reassociation. */
+static void sigmoid2(E *e, LLVMValueRef x, LLVMValueRef *s, LLVMValueRef *om) {
+  LLVMValueRef ex = libm1(e, "expf", f_neg(e, fabs_(e, x)));
+  LLVMValueRef big = f_div(e, cf(e, 1), f_add(e, cf(e, 1), ex)); /* sigmoid(|x|) */
+  LLVMValueRef small = f_mul(e, ex, big);                         /* sigmoid(-|x|) */
+  LLVMValueRef pos = fcmp(e, LLVMRealOGE, x, cf(e, 0));
+  *s = sel(e, pos, big, small);
+  if (om) *om = sel(e, pos, small, big);
+}
+
+/* f'(x) of unary op op (IR_DACT), as ir/interp.c's dunary. */
+static LLVMValueRef dunary(E *e, ir_op op, LLVMValueRef x) {
+  LLVMValueRef zero = cf(e, 0), one = cf(e, 1), om;
+  switch (op) {
+  case IR_RELU: return sel(e, fcmp(e, LLVMRealOGT, x, zero), one, zero);
+  case IR_GELU: {
+    LLVMValueRef t = libm1(e, "erff", f_mul(e, x, cf(e, M_SQRT1_2)));
+    LLVMValueRef g = libm1(e, "expf", f_mul(e, cf(e, -0.5), f_mul(e, x, x)));
+    return f_add(e, f_mul(e, cf(e, 0.5), f_add(e, one, t)),
+                 f_mul(e, f_mul(e, x, g), cf(e, 0.3989422804014327)));
+  }
+  case IR_GELU_TANH: {
+    const double c = 0.7978845608028654, k = 0.044715;
+    LLVMValueRef x2 = f_mul(e, x, x);
+    LLVMValueRef u = f_mul(e, cf(e, c), f_add(e, x, f_mul(e, cf(e, k), f_mul(e, x2, x))));
+    LLVMValueRef t = libm1(e, "tanhf", u);
+    LLVMValueRef a = f_mul(e, cf(e, 0.5), f_add(e, one, t));
+    LLVMValueRef sech2 = f_sub(e, one, f_mul(e, t, t));
+    LLVMValueRef b = f_mul(e, f_mul(e, f_mul(e, cf(e, 0.5 * c), x), sech2),
+                           f_add(e, one, f_mul(e, cf(e, 3 * k), x2)));
+    return f_add(e, a, b);
+  }
+  case IR_SILU: case IR_LIPSWISH: {
+    LLVMValueRef s;
+    sigmoid2(e, x, &s, &om);
+    LLVMValueRef d = f_mul(e, s, f_add(e, one, f_mul(e, x, om)));
+    return op == IR_SILU ? d : f_div(e, d, cf(e, 1.1));
+  }
+  case IR_TANH: {
+    LLVMValueRef t = libm1(e, "tanhf", x);
+    return f_sub(e, one, f_mul(e, t, t));
+  }
+  case IR_ELU:
+    return sel(e, fcmp(e, LLVMRealOGT, x, zero), one, libm1(e, "expf", fmin_c(e, x, 0)));
+  case IR_SOFTPLUS: sigmoid2(e, x, &om, NULL); return om;
+  case IR_EXP: return libm1(e, "expf", x);
+  case IR_NEG: return cf(e, -1);
+  case IR_LOGSIGMOID: { /* sigmoid(-x) */
+    LLVMValueRef s;
+    sigmoid2(e, x, &s, &om);
+    return om;
+  }
+  case IR_SQUARE: return f_add(e, x, x);
+  default: return NULL;
+  }
+}
+
 static LLVMValueRef binary(E *e, ir_op op, LLVMValueRef a, LLVMValueRef b) {
   switch (op) {
   case IR_ADD: return f_add(e, a, b);
@@ -424,6 +492,12 @@ static int overlaps(const nval *a, const nval *b) {
 
 /* ---- ops ---- */
 
+static LLVMValueRef elem(E *e, const ir_node *x, LLVMValueRef *vals) {
+  if (x->op == IR_DACT) return dunary(e, (ir_op)x->i0, vals[0]);
+  return x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
+}
+
+/* Unary, binary (with broadcasts) and IR_DACT. */
 static int emit_elementwise(E *e, const ir_node *x) {
   int n = x->n, flat = 1;
   nval *d = &e->v[x->id];
@@ -444,6 +518,8 @@ static int emit_elementwise(E *e, const ir_node *x) {
       if (a->n != 1) flat = 0;
     }
   }
+  if (x->op == IR_DACT && !ir_is_unary((ir_op)x->i0))
+    return efail(e, x, "derivative of %s, not a unary op", ir_op_name((ir_op)x->i0));
   if (n == 0) return 0;
   LLVMValueRef vals[2];
   if (flat) {
@@ -454,8 +530,7 @@ static int emit_elementwise(E *e, const ir_node *x) {
       if (a->batch) vals[k] = ldf(e, gepf(e, e->v[a->id].ptr, L.iv));
       else vals[k] = get(e, a, ci(e, 0), ci(e, 0));
     }
-    LLVMValueRef y = x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
-    stf(e, y, gepf(e, d->ptr, L.iv));
+    stf(e, elem(e, x, vals), gepf(e, d->ptr, L.iv));
     loop_end(e, &L);
     return 0;
   }
@@ -463,8 +538,7 @@ static int emit_elementwise(E *e, const ir_node *x) {
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &Cl, ci(e, n));
   for (int k = 0; k < x->nargs; k++) vals[k] = get(e, x->args[k], R.iv, Cl.iv);
-  LLVMValueRef y = x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
-  stf(e, y, dst(e, x, R.iv, Cl.iv));
+  stf(e, elem(e, x, vals), dst(e, x, R.iv, Cl.iv));
   loop_end(e, &Cl);
   loop_end(e, &R);
   return 0;
@@ -682,6 +756,238 @@ static int emit_rowsum(E *e, const ir_node *x) {
   return 0;
 }
 
+/* ---- backward ops ---- */
+
+/* y[r, i] = sum_j dy[r, j] W[j, i], as rows of axpys over W's rows so that
+** the inner loop is contiguous with a constant trip count. */
+static int emit_linear_t(E *e, const ir_node *x) {
+  if (x->nargs != 2) return efail(e, x, "transposed linear with %d arguments", x->nargs);
+  const ir_node *dy = x->args[0], *Wn = x->args[1];
+  if (!dy->batch) return efail(e, x, "transposed linear of a parameter tensor");
+  if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
+    return efail(e, x, "weight must be a float parameter tensor");
+  if (Wn->rows != dy->n || Wn->n != x->n)
+    return efail(e, x, "weight [%d, %d] for %d -> %d", Wn->rows, Wn->n, dy->n, x->n);
+  if (check_disjoint(e, x)) return -1;
+  LLVMValueRef W = pptr(e, Wn);
+  if (!W) return -1;
+  int ni = x->n, no = dy->n;
+  if (ni == 0) return 0;
+  loop R, I, J;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &I, ci(e, ni));
+  stf(e, cf(e, 0), dst(e, x, R.iv, I.iv));
+  loop_end(e, &I);
+  if (no > 0) {
+    loop_begin(e, &J, ci(e, no));
+    LLVMValueRef s = get(e, dy, R.iv, J.iv);
+    loop_begin(e, &I, ci(e, ni));
+    LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, J.iv, ci(e, ni)), I.iv)));
+    LLVMValueRef d = dst(e, x, R.iv, I.iv);
+    LLVMValueRef o = LLVMBuildLoad2(e->B, e->f32, d, ""); /* may alias the store */
+    LLVMSetAlignment(o, 4);
+    stf(e, f_add(e, o, f_mul(e, s, wv)), d);
+    loop_end(e, &I);
+    loop_end(e, &J);
+  }
+  loop_end(e, &R);
+  return 0;
+}
+
+/* Columns [i0, i0 + n) of the result are x, the others zero. */
+static int emit_pad(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (!a->batch) return efail(e, x, "pad of a parameter tensor");
+  if (x->i0 < 0 || x->i0 + a->n > x->n)
+    return efail(e, x, "pad of width %d at %d into %d", a->n, x->i0, x->n);
+  if (check_disjoint(e, x)) return -1;
+  if (x->n == 0) return 0;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  int lo[3] = {0, x->i0, x->i0 + a->n}, hi[3] = {x->i0, x->i0 + a->n, x->n};
+  for (int k = 0; k < 3; k++) {
+    if (hi[k] <= lo[k]) continue;
+    loop_begin(e, &Cl, ci(e, hi[k] - lo[k]));
+    LLVMValueRef v = k == 1 ? get(e, a, R.iv, Cl.iv) : cf(e, 0);
+    stf(e, v, dst(e, x, R.iv, lo[k] ? iadd(e, Cl.iv, ci(e, lo[k])) : Cl.iv));
+    loop_end(e, &Cl);
+  }
+  loop_end(e, &R);
+  return 0;
+}
+
+static int emit_bcast(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (!a->batch || a->n != 1) return efail(e, x, "broadcast of a [%s, %d] tensor",
+                                           a->batch ? "B" : "1", a->n);
+  if (check_disjoint(e, x)) return -1;
+  if (x->n == 0) return 0;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  LLVMValueRef v = get(e, a, R.iv, ci(e, 0));
+  loop_begin(e, &Cl, ci(e, x->n));
+  stf(e, v, dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+/* [gx | gh] per spline value from rt_k_rqs_grad / rt_k_rqs_inv_grad, which
+** write gh straight into the result row. */
+static int emit_rqs_grad(E *e, const ir_node *x) {
+  if (x->nargs != 4) return efail(e, x, "spline gradient with %d arguments", x->nargs);
+  const ir_node *a = x->args[0], *h = x->args[1], *gy = x->args[2], *gl = x->args[3];
+  int m = a->n, K = x->i0, hw = 3 * K - 1;
+  if (K < 1) return efail(e, x, "%d bins", K);
+  if (!a->batch || !h->batch || !gy->batch || !gl->batch)
+    return efail(e, x, "spline gradient of a parameter tensor");
+  if (h->n != m * hw || gy->n != m || gl->n != m || x->n != m + m * hw)
+    return efail(e, x, "spline gradient widths x %d, h %d, gy %d, gl %d, result %d for %d bins",
+                 m, h->n, gy->n, gl->n, x->n, K);
+  if (check_disjoint(e, x)) return -1;
+  if (m == 0) return 0;
+  LLVMTypeRef pt[7] = {e->f32, e->ptr, e->i64, e->f32, e->f32, e->f32, e->ptr};
+  LLVMTypeRef ty = LLVMFunctionType(e->f32, pt, 7, 0);
+  LLVMValueRef f = ext_fn(e, x->i1 ? "rt_k_rqs_inv_grad" : "rt_k_rqs_grad", ty, 0);
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, m));
+  LLVMValueRef hp = gepf(e, e->v[h->id].ptr,
+                         iadd(e, imul(e, R.iv, ci(e, e->v[h->id].stride)), imul(e, Cl.iv, ci(e, hw))));
+  LLVMValueRef gh = dst(e, x, R.iv, iadd(e, ci(e, m), imul(e, Cl.iv, ci(e, hw))));
+  LLVMValueRef av[7] = {get(e, a, R.iv, Cl.iv), hp, ci(e, K), cf(e, x->f0),
+                        get(e, gy, R.iv, Cl.iv), get(e, gl, R.iv, Cl.iv), gh};
+  LLVMValueRef gx = LLVMBuildCall2(e->B, ty, f, av, 7, "");
+  stf(e, gx, dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  return 0;
+}
+
+/* ---- gradient sinks ---- */
+
+/* Width of the stack buffer sink x needs (0: none). */
+static int sink_tmp(const ir_node *x) {
+  if (x->op == IR_ACC_OUTER && x->nargs == 3) return x->args[1]->n;
+  if (x->op == IR_ACC_SUM && x->nargs >= 2) {
+    const ir_node *t = x->args[x->nargs - 1];
+    return (long)t->rows * t->n == 1 ? 0 : x->args[0]->n;
+  }
+  return 0;
+}
+
+static LLVMValueRef tmp_at(E *e, LLVMValueRef i) { return gepf(e, e->tmp, i); }
+
+/* g[k] += tmp[k] for k < n */
+static void add_tmp(E *e, LLVMValueRef g, int n) {
+  loop Cl;
+  loop_begin(e, &Cl, ci(e, n));
+  LLVMValueRef gp = gepf(e, g, Cl.iv);
+  LLVMValueRef o = LLVMBuildLoad2(e->B, e->f32, gp, "");
+  LLVMSetAlignment(o, 4);
+  LLVMValueRef t = LLVMBuildLoad2(e->B, e->f32, tmp_at(e, Cl.iv), "");
+  LLVMSetAlignment(t, 4);
+  stf(e, f_add(e, o, t), gp);
+  loop_end(e, &Cl);
+}
+
+static void zero_tmp(E *e, int n) {
+  loop Cl;
+  loop_begin(e, &Cl, ci(e, n));
+  LLVMSetAlignment(LLVMBuildStore(e->B, cf(e, 0), tmp_at(e, Cl.iv)), 4);
+  loop_end(e, &Cl);
+}
+
+/* tmp[c] += v */
+static void acc_tmp(E *e, LLVMValueRef c, LLVMValueRef v) {
+  LLVMValueRef p = tmp_at(e, c);
+  LLVMValueRef o = LLVMBuildLoad2(e->B, e->f32, p, "");
+  LLVMSetAlignment(o, 4);
+  LLVMSetAlignment(LLVMBuildStore(e->B, f_add(e, o, v), p), 4);
+}
+
+static int emit_sink(E *e, const ir_node *x) {
+  if (!e->gargs) return efail(e, x, "gradient sink outside the train graph");
+  if (x->nargs < 2 || x->nargs > 3) return efail(e, x, "sink with %d arguments", x->nargs);
+  const ir_node *t = x->args[x->nargs - 1];
+  if (t->batch) return efail(e, x, "the target is a batch tensor");
+  if (t->op == IR_PARAM) {
+    if (t->i0 < 0 || t->i0 >= e->P) return efail(e, x, "parameter index %d out of range", t->i0);
+    if (!is_f32_param(e, t)) return efail(e, x, "gradient of an I64 parameter");
+  } else if (t->prep < 0 || t->prep >= e->Q) {
+    return efail(e, x, "target node %d has no prep slot (prep %d of %d)", t->id, t->prep, e->Q);
+  }
+  int slot = ir_grad_slot(e->p, t);
+  if (slot < 0 || slot >= e->P + e->Q) return efail(e, x, "gradient slot %d out of range", slot);
+  LLVMValueRef g = e->gargs[slot];
+  long tn = (long)t->rows * t->n;
+  const ir_node *a = x->args[0];
+  for (int k = 0; k + 1 < x->nargs; k++)
+    if (!x->args[k]->batch) return efail(e, x, "argument %d is not a batch tensor", k);
+  if (x->op == IR_ACC_OUTER) {
+    if (x->nargs != 3) return efail(e, x, "outer-product sink without its input");
+    const ir_node *in = x->args[1];
+    int no = a->n, ni = in->n;
+    if (tn != (long)no * ni) return efail(e, x, "target [%d, %d] for %d x %d", t->rows, t->n, no, ni);
+    if (no == 0 || ni == 0) return 0;
+    /* per output row o: tmp = sum_r dy[r, o] x[r, :], then g[o, :] += tmp */
+    loop O, R, I;
+    loop_begin(e, &O, ci(e, no));
+    zero_tmp(e, ni);
+    loop_begin(e, &R, e->nrows);
+    LLVMValueRef s = get(e, a, R.iv, O.iv);
+    loop_begin(e, &I, ci(e, ni));
+    acc_tmp(e, I.iv, f_mul(e, s, get(e, in, R.iv, I.iv)));
+    loop_end(e, &I);
+    loop_end(e, &R);
+    add_tmp(e, gepf(e, g, imul(e, O.iv, ci(e, ni))), ni);
+    loop_end(e, &O);
+    return 0;
+  }
+  const ir_node *b = x->nargs == 3 ? x->args[1] : NULL;
+  int n = a->n;
+  if (b && b->n != n) return efail(e, x, "factors of widths %d and %d", n, b->n);
+  if (tn != n && tn != 1) return efail(e, x, "target [%d, %d] for width %d", t->rows, t->n, n);
+  if (n == 0) return 0;
+  if (tn == 1) { /* everything into g[0] */
+    LLVMBuildStore(e->B, cf(e, 0), e->acc);
+    int flat = e->v[a->id].stride == n && (!b || e->v[b->id].stride == n);
+    loop R, Cl;
+    if (flat) loop_begin(e, &Cl, imul(e, e->nrows, ci(e, n)));
+    else {
+      loop_begin(e, &R, e->nrows);
+      loop_begin(e, &Cl, ci(e, n));
+    }
+    LLVMValueRef v, w = NULL;
+    if (flat) {
+      v = ldf(e, gepf(e, e->v[a->id].ptr, Cl.iv));
+      if (b) w = ldf(e, gepf(e, e->v[b->id].ptr, Cl.iv));
+    } else {
+      v = get(e, a, R.iv, Cl.iv);
+      if (b) w = get(e, b, R.iv, Cl.iv);
+    }
+    if (w) v = f_mul(e, v, w);
+    LLVMBuildStore(e->B, f_add(e, LLVMBuildLoad2(e->B, e->f32, e->acc, ""), v), e->acc);
+    loop_end(e, &Cl);
+    if (!flat) loop_end(e, &R);
+    LLVMValueRef o = LLVMBuildLoad2(e->B, e->f32, g, "");
+    LLVMSetAlignment(o, 4);
+    stf(e, f_add(e, o, LLVMBuildLoad2(e->B, e->f32, e->acc, "")), g);
+    return 0;
+  }
+  loop R, Cl;
+  zero_tmp(e, n);
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, n));
+  LLVMValueRef v = get(e, a, R.iv, Cl.iv);
+  if (b) v = f_mul(e, v, get(e, b, R.iv, Cl.iv));
+  acc_tmp(e, Cl.iv, v);
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+  add_tmp(e, g, n);
+  return 0;
+}
+
 /* Copies output k (any class) into args[2 + k], row stride = its width. */
 static int emit_output(E *e, int k) {
   const ir_node *o = e->g->outs[k];
@@ -729,6 +1035,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     return fail(e->err, e->errlen, "codegen: %s graph has not been through pass_memplan",
                 entry_names[ent]);
 
+  int train = ent == CG_TRAIN;
   char name[256];
   cg_kernel_name(e->p, ent, name, sizeof name);
   LLVMTypeRef pt[2] = {e->ptr, e->i64};
@@ -755,7 +1062,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
   e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
   e->Q = g->nprep;
-  int nargs = 4 + e->P + e->Q + 1;
+  int nargs = 4 + e->P + e->Q + 1 + (train ? e->P + e->Q : 0);
   LLVMValueRef *av = malloc(sizeof *av * nargs);
   if (!av) return fail(e->err, e->errlen, "codegen: out of memory");
   for (int k = 0; k < nargs; k++) {
@@ -768,6 +1075,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   e->pargs = av + 4;
   e->qargs = av + 4 + e->P;
   e->scratch = av[4 + e->P + e->Q];
+  e->gargs = train ? av + 5 + e->P + e->Q : NULL;
 
   /* liveness: what the outputs depend on */
   char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
@@ -778,6 +1086,20 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     goto done;
   }
   for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
+  int tmpn = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (ir_is_sink(g->nodes[i]->op)) {
+      live[i] = 1;
+      if (sink_tmp(g->nodes[i]) > tmpn) tmpn = sink_tmp(g->nodes[i]);
+    }
+  e->tmp = NULL;
+  if (tmpn > 0) {
+    LLVMBasicBlockRef cur = LLVMGetInsertBlock(e->B);
+    LLVMPositionBuilder(e->B, entry, LLVMGetFirstInstruction(entry));
+    e->tmp = LLVMBuildAlloca(e->B, LLVMArrayType2(e->f32, (uint64_t)tmpn), "tmp");
+    LLVMSetAlignment(e->tmp, 64);
+    LLVMPositionBuilderAtEnd(e->B, cur);
+  }
   for (int i = g->nnodes - 1; i >= 0; i--)
     if (live[i])
       for (int k = 0; k < g->nodes[i]->nargs; k++) live[g->nodes[i]->args[k]->id] = 1;
@@ -786,6 +1108,15 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     const ir_node *x = g->nodes[i];
     nval *v = &e->v[i];
     v->lo = v->hi = -1;
+    if (ir_is_sink(x->op) && live[i]) {
+      for (int k = 0; k < x->nargs && !rc; k++)
+        if (!x->args[k]) rc = efail(e, x, "missing argument %d", k);
+      if (rc) break;
+      e->scope = NULL;
+      new_scope(e);
+      rc = emit_sink(e, x);
+      continue;
+    }
     if (!x->batch || !live[i]) continue;
     for (int k = 0; k < x->nargs; k++)
       if (!x->args[k]) {
@@ -828,7 +1159,8 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     v->lo = x->offset;
     v->hi = x->offset + x->n;
     new_scope(e);
-    if (ir_is_unary(x->op) || ir_is_binary(x->op)) rc = emit_elementwise(e, x);
+    if (ir_is_unary(x->op) || ir_is_binary(x->op) || x->op == IR_DACT)
+      rc = emit_elementwise(e, x);
     else switch (x->op) {
     case IR_LINEAR: rc = emit_linear(e, x); break;
     case IR_SLICE: rc = emit_slice(e, x); break;
@@ -836,6 +1168,10 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     case IR_GATHER: rc = emit_gather(e, x); break;
     case IR_RQS: rc = emit_rqs(e, x); break;
     case IR_ROWSUM: rc = emit_rowsum(e, x); break;
+    case IR_LINEAR_T: rc = emit_linear_t(e, x); break;
+    case IR_PAD: rc = emit_pad(e, x); break;
+    case IR_BCAST: rc = emit_bcast(e, x); break;
+    case IR_RQS_GRAD: rc = emit_rqs_grad(e, x); break;
     default: rc = efail(e, x, "not a batch operation"); break;
     }
   }
@@ -854,7 +1190,7 @@ done:
 }
 
 int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm, int hidden,
-                   char *err, size_t errlen) {
+                   int train, char *err, size_t errlen) {
   if (!p || !p->model) return fail(err, errlen, "codegen: no program");
   E e = {0};
   e.C = LLVMGetModuleContext(M);
@@ -887,6 +1223,10 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
     e.g = p->entry[ent];
     rc = emit_kernel(&e, ent, hidden, cpu, feat);
   }
+  if (!rc && train && p->train) {
+    e.g = p->train;
+    rc = emit_kernel(&e, CG_TRAIN, hidden, cpu, feat);
+  }
   LLVMDisposeBuilder(e.B);
   LLVMDisposeMessage(triple);
   LLVMDisposeMessage(cpu);
@@ -917,7 +1257,8 @@ int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err, si
   LLVMPassBuilderOptionsSetSLPVectorization(o, opt >= 2);
   LLVMPassBuilderOptionsSetLoopInterleaving(o, opt >= 3);
   LLVMPassBuilderOptionsSetLoopUnrolling(o, opt >= 3);
-  LLVMErrorRef e = LLVMRunPasses(M, pipeline, tm, o);
+  const char *pl = getenv("CG_PIPE") ? getenv("CG_PIPE") : pipeline; /* TEMP */
+  LLVMErrorRef e = LLVMRunPasses(M, pl, tm, o);
   LLVMDisposePassBuilderOptions(o);
   if (e) return cg_llvm_error(e, "LLVM optimisation", err, errlen);
   return 0;
@@ -930,7 +1271,7 @@ int cg_dump_llvm(const ir_program *p, int opt, FILE *f, char *err, size_t errlen
   char mname[256];
   snprintf(mname, sizeof mname, "flowc_%s", p && p->model && p->model->name ? p->model->name : "model");
   LLVMModuleRef M = LLVMModuleCreateWithNameInContext(mname, C);
-  int rc = cg_emit_module(p, M, tm, 0, err, errlen);
+  int rc = cg_emit_module(p, M, tm, 0, 1, err, errlen);
   if (!rc) rc = cg_optimize(M, tm, opt, err, errlen);
   if (!rc) {
     char *s = LLVMPrintModuleToString(M);

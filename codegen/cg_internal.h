@@ -20,13 +20,17 @@
 void cg_llvm_init(void);
 /* A target machine for the host CPU and its features, PIC. NULL + err. */
 LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen);
-/* Kernel symbol name of entry e: flowc_<model>_<entry>. */
+/* The gradient kernel's index for cg_kernel_name (after the entries). */
+#define CG_TRAIN RT_NENTRY
+/* Kernel symbol name of entry e: flowc_<model>_<entry>; e == CG_TRAIN:
+** flowc_<model>_train. */
 void cg_kernel_name(const ir_program *p, int e, char *buf, size_t len);
-/* Emits the kernels of every entry of p into M (in M's context); with
-** hidden set, they get hidden visibility (shared object build). Sets the
-** module's triple and data layout from tm. 0, or -1 with err set. */
+/* Emits the kernels of every entry of p into M (in M's context), and with
+** train set the gradient kernel of p->train when there is one; with hidden
+** set, they get hidden visibility (shared object build). Sets the module's
+** triple and data layout from tm. 0, or -1 with err set. */
 int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm,
-                   int hidden, char *err, size_t errlen);
+                   int hidden, int train, char *err, size_t errlen);
 /* Runs default<O{opt}> with tm. 0, or -1 with err set. */
 int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err,
                 size_t errlen);

@@ -3,8 +3,8 @@
 **
 ** One LLJIT per cg_jit: the module is built in its own thread-safe context,
 ** optimised with a host target machine, added to the main JITDylib under a
-** resource tracker, and the 5 kernels are looked up (which materialises
-** them). The only symbols the JIT'd code can see are the runtime helpers
+** resource tracker, and the 5 kernels (and the gradient kernel of a train
+** graph) are looked up, which materialises them. The only symbols the JIT'd code can see are the runtime helpers
 ** and libm functions, defined as absolute symbols.
 */
 #define _GNU_SOURCE
@@ -22,6 +22,7 @@ struct cg_jit {
   LLVMOrcLLJITRef jit;
   LLVMOrcResourceTrackerRef rt;
   rt_kernel k[RT_NENTRY];
+  rt_kernel train;        /* flowc_<model>_train, or NULL */
   double ms;
 };
 
@@ -74,7 +75,7 @@ cg_jit *cg_jit_new(const ir_program *p, int opt, char *err, size_t errlen) {
   char mname[256];
   snprintf(mname, sizeof mname, "flowc_%s", p && p->model && p->model->name ? p->model->name : "model");
   LLVMModuleRef M = LLVMModuleCreateWithNameInContext(mname, C);
-  int rc = cg_emit_module(p, M, tm, 0, err, errlen);
+  int rc = cg_emit_module(p, M, tm, 0, 1, err, errlen);
   if (!rc) rc = cg_optimize(M, tm, opt, err, errlen);
   LLVMDisposeTargetMachine(tm);
   if (rc) {
@@ -120,6 +121,16 @@ cg_jit *cg_jit_new(const ir_program *p, int opt, char *err, size_t errlen) {
     }
     j->k[ent] = (rt_kernel)(uintptr_t)a;
   }
+  if (p->train) {
+    char name[256];
+    cg_kernel_name(p, CG_TRAIN, name, sizeof name);
+    LLVMOrcExecutorAddress a = 0;
+    if ((e = LLVMOrcLLJITLookup(j->jit, &a, name))) {
+      cg_llvm_error(e, name, err, errlen);
+      goto fail;
+    }
+    j->train = (rt_kernel)(uintptr_t)a;
+  }
   j->ms = now_ms() - t0;
   return j;
 
@@ -134,6 +145,8 @@ fail:
 void cg_jit_kernels(const cg_jit *j, rt_kernel out[RT_NENTRY]) {
   for (int e = 0; e < RT_NENTRY; e++) out[e] = j->k[e];
 }
+
+rt_kernel cg_jit_train(const cg_jit *j) { return j->train; }
 
 double cg_jit_compile_ms(const cg_jit *j) { return j->ms; }
 

@@ -244,6 +244,7 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
 
   rt_desc *d = cg_desc_err(p, err, errlen);
   if (!d) return -1;
+  d->has_train = 0; /* inference only: the object has no gradient kernel */
   desc_text = rt_desc_format(d);
   rt_desc_free(d);
   if (!desc_text) return fail(err, errlen, "build: cannot format the descriptor");
@@ -265,7 +266,7 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   char mname[256];
   snprintf(mname, sizeof mname, "flowc_%s", N);
   M = LLVMModuleCreateWithNameInContext(mname, C);
-  if (cg_emit_module(p, M, tm, 1, err, errlen)) goto out;
+  if (cg_emit_module(p, M, tm, 1, 0, err, errlen)) goto out;
   char gname[300];
   snprintf(gname, sizeof gname, "flowc_%s_desc", N);
   add_global(M, gname, desc_text, strlen(desc_text), 1, 1);

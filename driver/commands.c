@@ -83,7 +83,7 @@ int cmd_init(const drv_opts *o) {
 
 /* ---- data in and out ---- */
 
-static int load_rows(const char *path, long cols, const char *what, rt_array *a) {
+int drv_load_rows(const char *path, long cols, const char *what, rt_array *a) {
   char err[1024];
   if (rt_array_load(path, a, err, sizeof err)) return drv_fail("%s", err);
   if (a->cols != cols)
@@ -95,14 +95,14 @@ static int load_rows(const char *path, long cols, const char *what, rt_array *a)
 }
 
 /* The context rows for n samples: none, n rows, or one row for all. */
-static int load_context(const drv_opts *o, const ir_model *m, long n, rt_array *c) {
+int drv_load_context(const drv_opts *o, const ir_model *m, long n, rt_array *c) {
   if (m->context == 0) {
     if (o->context) return drv_fail("%s: model '%s' takes no context", o->context, m->name);
     return 0;
   }
   if (!o->context)
     return drv_fail("model '%s' needs a context of %d values: --context C.npy", m->name, m->context);
-  int rc = load_rows(o->context, m->context, "context", c);
+  int rc = drv_load_rows(o->context, m->context, "context", c);
   if (!rc && c->rows != n && c->rows != 1)
     rc = drv_fail("%s: %ld context rows for %ld samples (give %ld rows, or one for all)",
                   o->context, c->rows, n, n);
@@ -147,8 +147,8 @@ int cmd_run(const drv_opts *o) {
   drv_session s = {0};
   rt_array x = {0}, c = {0};
   int rc = drv_compile(&s, o);
-  if (!rc) rc = load_rows(o->data, s.model->dim, "dim", &x);
-  if (!rc) rc = load_context(o, s.model, x.rows, &c);
+  if (!rc) rc = drv_load_rows(o->data, s.model->dim, "dim", &x);
+  if (!rc) rc = drv_load_context(o, s.model, x.rows, &c);
   if (!rc) rc = drv_open(&s, o, NULL);
   if (!rc) rc = run_entry(o, &s, &x, &c);
   rt_array_free(&x);
@@ -165,7 +165,7 @@ int cmd_sample(const drv_opts *o) {
   drv_session s = {0};
   rt_array c = {0};
   int rc = drv_compile(&s, o);
-  if (!rc) rc = load_context(o, s.model, o->n, &c);
+  if (!rc) rc = drv_load_context(o, s.model, o->n, &c);
   if (!rc) rc = drv_open(&s, o, NULL);
   if (!rc) {
     long n = o->n, D = s.model->dim;
@@ -266,7 +266,7 @@ int cmd_bench(const drv_opts *o) {
   if (!rc && !o->weights && rt_weights_init(s.desc, 0, &w, err, sizeof err)) rc = drv_fail("%s", err);
   if (!rc) rc = drv_open(&s, o, o->weights ? NULL : &w);
   if (!rc) {
-    long B = o->batch > 0 ? o->batch : 1, D = s.model->dim, C = s.model->context;
+    long B = o->batch > 0 ? o->batch : 1024, D = s.model->dim, C = s.model->context;
     float *x = calloc((size_t)(B * D), sizeof *x), *lp = calloc((size_t)B, sizeof *lp);
     float *c = calloc((size_t)(C + 1), sizeof *c);
     rt_model_sample(s.rt, (size_t)B, 1, C ? c : NULL, 1, x, NULL);

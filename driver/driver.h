@@ -24,6 +24,11 @@ typedef struct drv_opts {
   long n, batch;
   uint64_t seed;
   int have_seed;
+  /* train */
+  const char *objective, *valid, *valid_context, *schedule, *init, *resume, *checkpoint;
+  const char *optimizer;
+  double lr, clip, weight_decay, valid_fraction;
+  long steps, epochs, patience, warmup, eval_every, checkpoint_every, stop_after;
 } drv_opts;
 
 /* A model compiled for running: the stages' results for one model. */
@@ -45,8 +50,14 @@ int drv_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int drv_parse(drv_session *s, const drv_opts *o);
 int drv_lower(drv_session *s, const drv_opts *o);
 int drv_compile(drv_session *s, const drv_opts *o);
+int drv_compile_lowered(drv_session *s, const drv_opts *o);   /* after drv_lower */
 int drv_open(drv_session *s, const drv_opts *o, const rt_weights *w);
 void drv_close(drv_session *s);
+
+/* Loads rows of cols values (refusing NaN/Inf); the context of n samples
+** (none, n rows, or one row for all). 0 or an exit code after a message. */
+int drv_load_rows(const char *path, long cols, const char *what, rt_array *a);
+int drv_load_context(const drv_opts *o, const ir_model *m, long n, rt_array *c);
 
 int cmd_check(const drv_opts *o);
 int cmd_init(const drv_opts *o);
@@ -55,5 +66,7 @@ int cmd_sample(const drv_opts *o);
 int cmd_build(const drv_opts *o);
 int cmd_dump(const drv_opts *o);
 int cmd_bench(const drv_opts *o);
+int cmd_train(const drv_opts *o);    /* train.c */
+int cmd_toy(const drv_opts *o);
 
 #endif

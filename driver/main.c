@@ -19,6 +19,12 @@ static const char usage_text[] =
   "  build    [-w W] -o libNAME.so                shared object + NAME.h\n"
   "  bench    [-w W] --batch B --op logprob|sample\n"
   "  dump     --ir [--after PASS] | --llvm\n"
+  "  train    --data X.npy -o W.safetensors [--valid V.npy | --valid-fraction F]\n"
+  "           [--steps N | --epochs E] [--batch B] [--lr LR] [--schedule constant|cosine|onecycle]\n"
+  "           [--warmup N] [--clip G] [--weight-decay W] [--optimizer adam|adamw] [--seed S]\n"
+  "           [--init W0] [--patience P] [--eval-every N] [--checkpoint C [--checkpoint-every N]]\n"
+  "           [--resume C]\n"
+  "  toy      NAME -n N --seed S -o X.npy  (moons circles 8gaussians checkerboard pinwheel 2spirals)\n"
   "options: --model NAME  --threads N  -O0..-O3  --context C.npy\n"
   "         --disable PASS[,PASS]  (skip optimisation passes)\n";
 
@@ -42,22 +48,61 @@ static const char **str_opt(drv_opts *o, const char *name) {
     {"--context", offsetof(drv_opts, context)}, {"-o", offsetof(drv_opts, out)},
     {"--logdet", offsetof(drv_opts, logdet)}, {"--logprob", offsetof(drv_opts, logprob)},
     {"--after", offsetof(drv_opts, after)}, {"--disable", offsetof(drv_opts, disable)},
-    {"--op", offsetof(drv_opts, op)},
+    {"--op", offsetof(drv_opts, op)}, {"--objective", offsetof(drv_opts, objective)},
+    {"--valid", offsetof(drv_opts, valid)}, {"--valid-context", offsetof(drv_opts, valid_context)},
+    {"--schedule", offsetof(drv_opts, schedule)}, {"--init", offsetof(drv_opts, init)},
+    {"--resume", offsetof(drv_opts, resume)}, {"--checkpoint", offsetof(drv_opts, checkpoint)},
+    {"--optimizer", offsetof(drv_opts, optimizer)},
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
     if (strcmp(t[i].name, name) == 0) return (const char **)((char *)o + t[i].off);
   return NULL;
 }
 
+/* Options with a number: name, where it goes (long or double). */
+static int num_opt(drv_opts *o, const char *name, const char *val) {
+  static const struct { const char *name; size_t off; int dbl; } t[] = {
+    {"--lr", offsetof(drv_opts, lr), 1}, {"--clip", offsetof(drv_opts, clip), 1},
+    {"--weight-decay", offsetof(drv_opts, weight_decay), 1},
+    {"--valid-fraction", offsetof(drv_opts, valid_fraction), 1},
+    {"--steps", offsetof(drv_opts, steps), 0}, {"--epochs", offsetof(drv_opts, epochs), 0},
+    {"--patience", offsetof(drv_opts, patience), 0}, {"--warmup", offsetof(drv_opts, warmup), 0},
+    {"--eval-every", offsetof(drv_opts, eval_every), 0},
+    {"--checkpoint-every", offsetof(drv_opts, checkpoint_every), 0},
+    {"--stop-after", offsetof(drv_opts, stop_after), 0},
+  };
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    if (strcmp(t[i].name, name)) continue;
+    char *end;
+    if (!val) return -1;
+    if (t[i].dbl) {
+      double v = strtod(val, &end);
+      if (!*val || *end || !(v >= 0) || v > 1e30) return -1;
+      *(double *)((char *)o + t[i].off) = v;
+    } else {
+      long v = strtol(val, &end, 10);
+      if (!*val || *end || v < 0) return -1;
+      *(long *)((char *)o + t[i].off) = v;
+    }
+    return 1;
+  }
+  return 0;
+}
+
 static int parse_args(int argc, char **argv, drv_opts *o) {
   o->opt = 2;
   o->n = -1;
-  o->batch = 1024;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
     const char **slot = str_opt(o, a);
     long v;
-    if (slot) {
+    int num = num_opt(o, a, i + 1 < argc ? argv[i + 1] : NULL);
+    if (num < 0) {
+      fprintf(stderr, "flowc: %s needs a non-negative number\n", a);
+      return usage(NULL);
+    } else if (num > 0) {
+      i++;
+    } else if (slot) {
       if (i + 1 >= argc) return usage("missing value after option");
       *slot = argv[++i];
     } else if (a[0] == '-' && a[1] == 'O' && a[2] >= '0' && a[2] <= '3' && !a[3]) {
@@ -85,7 +130,7 @@ static int parse_args(int argc, char **argv, drv_opts *o) {
       return usage(NULL);
     }
   }
-  if (!o->flow) return usage("no MODEL.flow given");
+  if (!o->flow) return usage(strcmp(o->cmd, "toy") ? "no MODEL.flow given" : "no data set named");
   return 0;
 }
 
@@ -97,7 +142,7 @@ int main(int argc, char **argv) {
   static const struct { const char *name; int (*fn)(const drv_opts *); } cmds[] = {
     {"check", cmd_check}, {"init", cmd_init}, {"logprob", cmd_run}, {"encode", cmd_run},
     {"decode", cmd_run}, {"sample", cmd_sample}, {"build", cmd_build}, {"dump", cmd_dump},
-    {"bench", cmd_bench},
+    {"bench", cmd_bench}, {"train", cmd_train}, {"toy", cmd_toy},
   };
   drv_opts o = {0};
   o.cmd = argv[1];

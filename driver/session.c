@@ -42,7 +42,10 @@ int drv_lower(drv_session *s, const drv_opts *o) {
 
 int drv_compile(drv_session *s, const drv_opts *o) {
   int rc = drv_lower(s, o);
-  if (rc) return rc;
+  return rc ? rc : drv_compile_lowered(s, o);
+}
+
+int drv_compile_lowered(drv_session *s, const drv_opts *o) {
   if (pass_pipeline(s->prog, o->opt, o->disable, NULL))
     return drv_fail("internal: pass pipeline failed");
   char err[512];

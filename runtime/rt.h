@@ -141,8 +141,27 @@ int rt_model_log_prob(rt_model *m, size_t n, const float *x, const float *ctx,
                       size_t ctx_rows, float *log_prob);
 int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
                     size_t ctx_rows, float *x, float *log_prob);
-/* The prep results of an entry, for tests and the interpreter. */
+/* The prep results of an entry, for tests and the interpreter; entry
+** RT_TRAIN_PREP (when desc.has_train): the train program's. */
 const float *const *rt_model_prep(const rt_model *m, int entry);
+#define RT_TRAIN_PREP RT_NENTRY
+
+/* ---- prep programs in double (rt_prep.c) ---- */
+/* Runs en's program (en is one of d's entries or d->train): params[i] is
+** float* or int64_t* by dtype; vals[q] receives result q (rows * n). */
+void rt_prep_forward(const rt_desc *d, const rt_entry_desc *en, void *const *params,
+                     double *const *vals);
+/* Doubles of work space rt_prep_backward needs for en (2 D^2 for the
+** largest linear_lu, else 0). */
+size_t rt_prep_work_size(const rt_desc *d, const rt_entry_desc *en);
+/* Reverse mode through en: vals are rt_prep_forward's results; gvals[q]
+** holds dL/d(result q) on entry and is used as the accumulator of the
+** earlier results' adjoints (so it is changed); the parameters' adjoints
+** are ADDED into gparams[i] (numel doubles; NULL entries, I64 params and
+** the linear_lu sign and perm get none; gparams itself may be NULL). */
+void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *params,
+                      const double *const *vals, double *const *gvals, double *const *gparams,
+                      double *work);
 
 /*
 ** Training (rt_train.c). The gradient kernel has the ABI above with
@@ -165,6 +184,76 @@ int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_
 ** program: what an optimiser step ends with. */
 int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errlen);
 const rt_weights *rt_model_params(const rt_model *m);
+
+/* ---- optimiser (rt_optim.c) ---- */
+typedef enum { RT_SCHED_CONSTANT, RT_SCHED_COSINE, RT_SCHED_ONECYCLE } rt_schedule;
+typedef struct rt_optim_cfg {
+  double lr, beta1, beta2, eps, weight_decay, clip;  /* clip <= 0: none */
+  int adamw;                /* decoupled weight decay (torch.optim.AdamW) */
+  rt_schedule schedule;
+  long total_steps, warmup;
+} rt_optim_cfg;
+typedef struct rt_optim rt_optim;
+
+/* Zeroed moments for every trained parameter of d: the F32 ones except
+** linear_lu's sign (RT_INIT_LU_SIGN). NULL when out of memory or c is bad. */
+rt_optim *rt_optim_new(const rt_desc *d, const rt_optim_cfg *c);
+void rt_optim_free(rt_optim *o);
+/* The learning rate of step `step` (0-based): a linear warm-up over
+** `warmup` steps, lr * (step + 1) / warmup, then constant, or cosine decay
+** lr/2 (1 + cos(pi t)), t = (step - warmup) / (total_steps - warmup), to 0 at
+** total_steps; onecycle is torch.optim.lr_scheduler.OneCycleLR (cosine
+** annealing, div_factor 25, final_div_factor 1e4, pct_start 0.3 or
+** warmup / total_steps when warmup > 0): from lr/25 up to lr, then down to
+** lr/25/1e4 at total_steps - 1. */
+double rt_optim_lr(const rt_optim *o, long step);
+/* One step at lr(rt_optim_steps(o)): the global L2 norm of the trained
+** parameters' gradients goes to *grad_norm (may be NULL); when clip > 0 the
+** gradients are scaled IN PLACE by clip / (norm + 1e-6) if that is below 1
+** (torch.nn.utils.clip_grad_norm_); then torch.optim.Adam (weight_decay
+** added to the gradient) or AdamW (p *= 1 - lr * weight_decay first), both
+** bias-corrected. grads[i] is NULL for params that are not trained.
+** RT_ENUMERIC, changing nothing, when the norm is not finite. */
+int rt_optim_step(rt_optim *o, rt_weights *w, float *const *grads, double *grad_norm);
+long rt_optim_steps(const rt_optim *o);
+void rt_optim_set_steps(rt_optim *o, long steps);
+/* Adam's first (which 0) or second (which 1) moment of param i, numel
+** floats, writable (checkpoints restore it); NULL when i is not trained. */
+float *rt_optim_moment(rt_optim *o, int i, int which);
+const rt_optim_cfg *rt_optim_config(const rt_optim *o);
+
+/* ---- training checkpoints (rt_checkpoint.c) ---- */
+typedef struct rt_train_state {
+  long step;                /* steps done */
+  double best_valid;        /* best validation loss so far (inf: none) */
+  long since_best;          /* evaluations since it */
+  uint64_t seed;
+  int has_best;
+  rt_weights best;          /* the best-so-far parameters when has_best */
+} rt_train_state;
+
+/* A safetensors file, written atomically (PATH.tmp + rename): the params
+** under their names, Adam's moments as optim.m.NAME / optim.v.NAME for the
+** trained params (when o is non-NULL), the best params as best.NAME (when
+** s->has_best), and __metadata__ format, model, step, optim_step,
+** best_valid (%.17g), since_best, seed (and best_step = s->best.step). */
+int rt_checkpoint_save(const rt_desc *d, const char *path, const rt_weights *w,
+                       const rt_optim *o, const rt_train_state *s, char *err, size_t errlen);
+/* Reads one back, checked against d like rt_weights_load (every tensor,
+** nothing extra, shapes, dtypes, perms): fills *w (free with
+** rt_weights_free), o's moments and step counter (o may be NULL: moments
+** in the file are then skipped), and *s, whose best weights (has_best) are
+** allocated here: free them with rt_train_state_free. */
+int rt_checkpoint_load(const rt_desc *d, const char *path, rt_weights *w, rt_optim *o,
+                       rt_train_state *s, char *err, size_t errlen);
+void rt_train_state_free(rt_train_state *s);
+
+/* ---- toy 2-D data sets (rt_toy.c) ---- */
+/* n rows of 2 floats into out, deterministic in (name, n, seed): "moons",
+** "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", as in
+** FFJORD's toy_data.py (with its scaling). An unknown name is an error
+** listing the valid ones. */
+int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen);
 
 /* Entry points of a built shared object (rt_so.c): the generated m_open
 ** calls this with the embedded descriptor text and, optionally, weights. */

@@ -12,6 +12,8 @@
 **   param NAME f32|i64 NDIM S0 S1 INIT FAN_IN LAYER SEED NVALUES V...   (P lines)
 **   entry ENTRY scratch S has_ld 0|1 nprep Q                          (5 times)
 **   prep OP ROWS N F NARGS A...                                       (Q lines)
+**   train scratch S nprep Q          (optional: only when has_train)
+**   prep OP ROWS N F NARGS A...                                       (Q lines)
 **   end
 **
 ** ENTRY is encode, encode_ld, decode, decode_ld, logprob, in that order.
@@ -67,6 +69,17 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
   }
 }
 
+static void format_preps(sbuf *b, const rt_entry_desc *en) {
+  for (int q = 0; q < en->nprep; q++) {
+    const rt_prep *pr = &en->prep[q];
+    int op = (int)pr->op >= 0 && (int)pr->op < NOP ? (int)pr->op : 0;
+    sb_printf(b, "prep %s %d %d %.17g %d", op_names[op], pr->rows, pr->n,
+              pr->f, pr->nargs);
+    for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(b, " %d", pr->args[a]);
+    sb_printf(b, "\n");
+  }
+}
+
 char *rt_desc_format(const rt_desc *d) {
   sbuf b = { malloc(1024), 0, 1024, 0 };
   if (!b.p) return NULL;
@@ -88,14 +101,11 @@ char *rt_desc_format(const rt_desc *d) {
     const rt_entry_desc *en = &d->entry[e];
     sb_printf(&b, "entry %s scratch %ld has_ld %d nprep %d\n", entry_names[e],
               en->scratch, en->has_ld ? 1 : 0, en->nprep);
-    for (int q = 0; q < en->nprep; q++) {
-      const rt_prep *pr = &en->prep[q];
-      int op = (int)pr->op >= 0 && (int)pr->op < NOP ? (int)pr->op : 0;
-      sb_printf(&b, "prep %s %d %d %.17g %d", op_names[op], pr->rows, pr->n,
-                pr->f, pr->nargs);
-      for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(&b, " %d", pr->args[a]);
-      sb_printf(&b, "\n");
-    }
+    format_preps(&b, en);
+  }
+  if (d->has_train) {
+    sb_printf(&b, "train scratch %ld nprep %d\n", d->train.scratch, d->train.nprep);
+    format_preps(&b, &d->train);
   }
   sb_printf(&b, "end\n");
   if (b.oom) { free(b.p); return NULL; }
@@ -115,6 +125,7 @@ void rt_desc_free(rt_desc *d) {
     }
   free(d->params);
   for (int e = 0; e < RT_NENTRY; e++) free(d->entry[e].prep);
+  free(d->train.prep);
   free(d);
 }
 
@@ -125,6 +136,8 @@ rt_desc *rt_desc_copy(const rt_desc *s) {
   d->name = NULL;
   d->params = NULL;
   for (int e = 0; e < RT_NENTRY; e++) d->entry[e].prep = NULL;
+  d->train.prep = NULL;
+  d->train.nprep = 0;
   int nparams = d->nparams;
   d->nparams = 0;
   d->name = rt_strdup(s->name ? s->name : "");
@@ -153,6 +166,12 @@ rt_desc *rt_desc_copy(const rt_desc *s) {
     } else {
       d->entry[e].nprep = 0;
     }
+  }
+  if (s->has_train && s->train.nprep > 0) {
+    d->train.prep = malloc((size_t)s->train.nprep * sizeof(rt_prep));
+    if (!d->train.prep) goto oom;
+    memcpy(d->train.prep, s->train.prep, (size_t)s->train.nprep * sizeof(rt_prep));
+    d->train.nprep = s->train.nprep;
   }
   return d;
 oom:
@@ -229,10 +248,9 @@ static int operand(const rt_desc *d, const rt_entry_desc *en, int q, int a,
   return 0;
 }
 
-static int check_prep(const rt_desc *d, int e, int q, char *err, size_t errlen) {
-  const rt_entry_desc *en = &d->entry[e];
+static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, int q,
+                      char *err, size_t errlen) {
   const rt_prep *p = &en->prep[q];
-  const char *E = entry_names[e];
   if ((int)p->op < 0 || (int)p->op >= NOP)
     return rt_errf(err, errlen, "descriptor: %s prep %d: bad op", E, q);
   if (p->nargs != op_arity[p->op])
@@ -302,15 +320,19 @@ int rt_desc_check(const rt_desc *d, char *err, size_t errlen) {
       }
     free(ix);
   }
-  for (int e = 0; e < RT_NENTRY; e++) {
-    const rt_entry_desc *en = &d->entry[e];
+  for (int e = 0; e <= RT_NENTRY; e++) {
+    if (e == RT_NENTRY && !d->has_train) break;
+    const rt_entry_desc *en = e < RT_NENTRY ? &d->entry[e] : &d->train;
+    const char *E = e < RT_NENTRY ? entry_names[e] : "train";
     if (en->nprep < 0 || (en->nprep > 0 && !en->prep))
-      return rt_errf(err, errlen, "descriptor: %s: bad prep program", entry_names[e]);
+      return rt_errf(err, errlen, "descriptor: %s: bad prep program", E);
     if (en->scratch < 0 || en->scratch > (1L << 40) / d->tile)
-      return rt_errf(err, errlen, "descriptor: %s: scratch size out of range", entry_names[e]);
+      return rt_errf(err, errlen, "descriptor: %s: scratch size out of range", E);
     for (int q = 0; q < en->nprep; q++)
-      if (check_prep(d, e, q, err, errlen)) return -1;
+      if (check_prep(d, en, E, q, err, errlen)) return -1;
   }
+  if (d->has_train && d->train.has_ld)
+    return rt_errf(err, errlen, "descriptor: train: has_ld must be 0");
   return 0;
 }
 
@@ -474,6 +496,22 @@ static int parse_entry(lexer *L, rt_desc *d, int e, int maxlines) {
   return 0;
 }
 
+/* After the keyword 'train': "scratch S nprep Q", then Q prep lines. */
+static int parse_train(lexer *L, rt_desc *d, int maxlines) {
+  rt_entry_desc *en = &d->train;
+  int nprep;
+  if (keyword(L, "scratch") || tok_long(L, 0, LONG_MAX, &en->scratch) ||
+      keyword(L, "nprep") || tok_int(L, 0, maxlines, &nprep) || end_of_line(L))
+    return -1;
+  d->has_train = 1;
+  if (nprep > 0 && !(en->prep = calloc((size_t)nprep, sizeof(rt_prep))))
+    return lerr(L, "out of memory");
+  en->nprep = nprep;
+  for (int q = 0; q < nprep; q++)
+    if (parse_prep(L, &en->prep[q])) return -1;
+  return 0;
+}
+
 static int parse_all(lexer *L, rt_desc *d, int maxlines) {
   if (!next_line(L)) return rt_errf(L->err, L->errlen, "descriptor: empty text");
   if (keyword(L, "flowc-desc")) return -1;
@@ -498,7 +536,14 @@ static int parse_all(lexer *L, rt_desc *d, int maxlines) {
   }
   for (int e = 0; e < RT_NENTRY; e++)
     if (parse_entry(L, d, e, maxlines)) return -1;
-  if (line_kw(L, "end") || end_of_line(L)) return -1;
+  if (!next_line(L)) return lerr(L, "text ends where 'end' was expected");
+  char *kw = token(L);
+  if (kw && !strcmp(kw, "train")) {
+    if (parse_train(L, d, maxlines) || line_kw(L, "end")) return -1;
+  } else if (!kw || strcmp(kw, "end")) {
+    return lerr(L, "expected 'train' or 'end'");
+  }
+  if (end_of_line(L)) return -1;
   if (next_line(L)) return lerr(L, "text after 'end'");
   return 0;
 }

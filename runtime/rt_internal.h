@@ -95,6 +95,12 @@ const char *rt_st_meta(const rt_st *st, const char *key);
 float rt_half_to_float(uint16_t h);
 float rt_bf16_to_float(uint16_t h);
 
+/* Checks tensor t against param p (shape, dtype, perm) and stores a
+** malloc'd copy converted to p's dtype in *out (rt_weights.c). The
+** messages call the tensor by p's name. */
+int rt_weights_take(const rt_param_desc *p, const rt_st_entry *t, const char *what,
+                    void **out, char *err, size_t errlen);
+
 /* ---- thread pool (rt_pool.c) ---- */
 typedef struct rt_pool rt_pool;
 /* fn(arg, tid, item) for every item in [0, nitems); tid < nthreads. */
@@ -111,5 +117,47 @@ void rt_pool_free(rt_pool *p);
 double rt_u01_from64(uint64_t x);
 /* Two 64-bit words from one Philox call, for a counter (hi, lo). */
 void rt_philox64(uint64_t key, uint64_t hi, uint64_t lo, uint64_t out[2]);
+
+/* ---- a loaded model (rt_model.c, rt_train.c) ---- */
+typedef struct rt_tls {       /* one per thread, 64-byte aligned buffers */
+  float *scratch, *ctxbuf, *zbuf, *ldbuf, *lpbuf;
+  void **args;
+  void **targs;               /* the gradient kernel's arguments */
+} rt_tls;
+
+/* What rt_model_set_train makes, so that rt_model_grad allocates nothing. */
+typedef struct rt_train_buf {
+  int nchunks;                /* == nthreads: chunk c is a static tile range */
+  float **block;              /* per chunk: every slot, one aligned block,
+                                 zeroed for every tile */
+  double **dblock;            /* per chunk: the tiles' blocks summed */
+  size_t block_floats;
+  size_t *off;                /* P + Q slot offsets into a block */
+  float ***slot;              /* per chunk: P + Q slot pointers (NULL: I64) */
+  double *closs;              /* per chunk: sum of -log p */
+  double *gsum;               /* the summed slots, in double */
+  double **gp, **gq;          /* into gsum: P params (NULL: I64), Q preps */
+  double *work;               /* rt_prep_backward's */
+} rt_train_buf;
+
+struct rt_model {
+  rt_desc *d;
+  rt_kernel k[RT_NENTRY];
+  void **params;
+  rt_weights w;               /* n, data == params, step: rt_model_params */
+  float **prep[RT_NENTRY + 1];  /* [RT_NENTRY]: the train program's */
+  double **vals[RT_NENTRY + 1]; /* the same results in double */
+  unsigned char *seen;        /* permutation checks, maxperm bytes */
+  size_t maxperm;
+  rt_pool *pool;
+  int nthreads;
+  rt_tls *tls;
+  rt_kernel train;
+  rt_train_buf tb;
+};
+
+/* The entry e's program; e == RT_NENTRY: the train program. */
+const rt_entry_desc *rt_model_entry(const rt_model *m, int e);
+void rt_train_free(rt_model *m);
 
 #endif

@@ -126,6 +126,141 @@ float rt_k_rqs_inv(float yf, const float *h, int64_t K, float bound, float *logd
   return (float)(x0 + xi * w);
 }
 
+/* ------------------------------------------------------------------ */
+/* reverse mode through one spline value                               */
+
+/* One bin: its knots and end derivatives. */
+typedef struct rq_bin { double x0, x1, y0, y1, d0, d1; } rq_bin;
+/* Adjoints of the input and of the bin's six numbers. */
+typedef struct rq_adj { double x, x0, x1, y0, y1, d0, d1; } rq_adj;
+
+static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+
+/* Given gy = dL/dy and gl = dL/d(log dy/dx) of the bin's map at x, the
+** adjoints of x and of the bin (reverse mode of rt_k_rqs's formulas). */
+static void rq_back(const rq_bin *b, double x, double gy, double gl, rq_adj *g) {
+  double w = b->x1 - b->x0, hh = b->y1 - b->y0, s = hh / w;
+  double xi = clamp01((x - b->x0) / w), om = 1 - xi, q = xi * om, dq = 1 - 2 * xi;
+  double d0 = b->d0, d1 = b->d1, c2 = d1 + d0 - 2 * s;
+  double den = s + c2 * q;
+  double numy = s * xi * xi + d0 * q;
+  double num = d1 * xi * xi + 2 * s * q + d0 * om * om;
+  double g_den = -gy * hh * numy / (den * den) - 2 * gl / den;
+  double g_numy = gy * hh / den, g_num = gl / num;
+  double g_s = g_numy * xi * xi + g_den * (1 - 2 * q) + g_num * 2 * q + gl * 2 / s;
+  double g_xi = g_numy * (2 * s * xi + d0 * dq) + g_den * c2 * dq +
+                g_num * (2 * d1 * xi + 2 * s * dq - 2 * d0 * om);
+  double g_hh = gy * numy / den + g_s / w;
+  double g_w = -g_s * s / w - g_xi * xi / w;
+  g->d0 = (g_numy + g_den) * q + g_num * om * om;
+  g->d1 = g_den * q + g_num * xi * xi;
+  g->x = g_xi / w;
+  g->x0 = -g_xi / w - g_w;
+  g->x1 = g_w;
+  g->y1 = g_hh;
+  g->y0 = gy - g_hh;
+}
+
+/* Adjoints of knots k (glo) and k+1 (ghi) of an axis into its K raw
+** values: knot j (0 < j < K) is -B + 2B (W_0 + ... + W_{j-1}), W =
+** m + (1 - mK) softmax(r); knots 0 and K are fixed. Streams, no storage. */
+static void axis_back(const axis *a, int64_t k, double glo, double ghi, float *gr) {
+  int64_t K = a->K;
+  double ga = k > 0 && k < K ? 2 * a->B * glo : 0;       /* W_j, j < k */
+  double gb = k + 1 < K ? 2 * a->B * ghi : 0;            /* W_j, j <= k */
+  double dot = 0;
+  for (int64_t j = 0; j <= k && j < K; j++) {
+    double p = exp((double)a->r[j] - a->mx) / a->sum;
+    dot += p * a->scale * ((j < k ? ga : 0) + gb);
+  }
+  for (int64_t j = 0; j < K; j++) {
+    double p = exp((double)a->r[j] - a->mx) / a->sum;
+    double gp = j <= k ? a->scale * ((j < k ? ga : 0) + gb) : 0;
+    gr[j] = (float)(p * (gp - dot));
+  }
+}
+
+static double sigmoid(double v) {
+  if (v >= 0) return 1 / (1 + exp(-v));
+  double e = exp(v);
+  return e / (1 + e);
+}
+
+/* The bin k of h and its adjoint scatter, shared by both directions. */
+static void bin_of(const axis *ax, const axis *ay, const float *h, int64_t K, int64_t k,
+                   rq_bin *b) {
+  axis_knots(ax, k, &b->x0, &b->x1);
+  axis_knots(ay, k, &b->y0, &b->y1);
+  b->d0 = knot_deriv(h + 2 * K, K, k);
+  b->d1 = knot_deriv(h + 2 * K, K, k + 1);
+}
+
+static void scatter(const axis *ax, const axis *ay, const float *h, int64_t K, int64_t k,
+                    const rq_adj *g, float *gh) {
+  axis_back(ax, k, g->x0, g->x1, gh);
+  axis_back(ay, k, g->y0, g->y1, gh + K);
+  float *ge = gh + 2 * K;
+  for (int64_t j = 0; j < K - 1; j++) ge[j] = 0;
+  if (k > 0) ge[k - 1] = (float)(g->d0 * sigmoid((double)h[2 * K + k - 1]));
+  if (k + 1 < K) ge[k] = (float)(g->d1 * sigmoid((double)h[2 * K + k]));
+}
+
+static void zero_gh(int64_t K, float *gh) {
+  for (int64_t j = 0; j < 3 * K - 1; j++) gh[j] = 0;
+}
+
+float rt_k_rqs_grad(float xf, const float *h, int64_t K, float bound, float gy, float gl,
+                    float *gh) {
+  double x = xf, B = bound;
+  if (!(x >= -B && x <= B) || K < 1) { zero_gh(K, gh); return gy; }
+  axis ax, ay;
+  axis_init(&ax, h, K, B);
+  axis_init(&ay, h + K, K, B);
+  double lo, hi;
+  int64_t k = axis_find(&ax, x, &lo, &hi);
+  rq_bin b;
+  bin_of(&ax, &ay, h, K, k, &b);
+  rq_adj g;
+  rq_back(&b, x, gy, gl, &g);
+  scatter(&ax, &ay, h, K, k, &g, gh);
+  return (float)g.x;
+}
+
+/* Why the implicit function theorem: x = f^-1(y; h) and l = -log f'(x; h),
+** so dx/dy = 1/f', dx/dh = -f_h/f' and dl/dh = -(L_h + L_x dx/dh) with
+** L = log f'. Collecting terms, dL/dy = c = (gy - gl L_x) / f' and
+** dL/dh = -c f_h - gl L_h: the forward reverse mode at x with seeds
+** (-c, -gl). */
+float rt_k_rqs_inv_grad(float yf, const float *h, int64_t K, float bound, float gy, float gl,
+                        float *gh) {
+  double y = yf, B = bound;
+  if (!(y >= -B && y <= B) || K < 1) { zero_gh(K, gh); return gy; }
+  axis ax, ay;
+  axis_init(&ax, h, K, B);
+  axis_init(&ay, h + K, K, B);
+  double lo, hi;
+  int64_t k = axis_find(&ay, y, &lo, &hi);
+  rq_bin b;
+  bin_of(&ax, &ay, h, K, k, &b);
+  double w = b.x1 - b.x0, hh = b.y1 - b.y0, s = hh / w, dy = y - b.y0;
+  double t = b.d1 + b.d0 - 2 * s;
+  double qa = hh * (s - b.d0) + dy * t, qb = hh * b.d0 - dy * t, qc = -s * dy;
+  double disc = qb * qb - 4 * qa * qc;
+  if (disc < 0) disc = 0;
+  double den = -qb - sqrt(disc);
+  double xi = den != 0 ? 2 * qc / den : 0;
+  if (!(xi >= 0)) xi = 0;
+  if (xi > 1) xi = 1;
+  double x = b.x0 + xi * w;
+  double fp = exp(rq_logd(s, b.d0, b.d1, xi));
+  rq_adj gL, g;
+  rq_back(&b, x, 0, 1, &gL);
+  double c = ((double)gy - (double)gl * gL.x) / fp;
+  rq_back(&b, x, -c, -(double)gl, &g);
+  scatter(&ax, &ay, h, K, k, &g, gh);
+  return (float)c;
+}
+
 void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                const float *bias, float *C) {
   if (m <= 0 || n <= 0) return;

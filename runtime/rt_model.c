@@ -13,127 +13,42 @@
 
 void openblas_set_num_threads(int num_threads);
 
-typedef struct rt_tls {       /* one per thread, 64-byte aligned buffers */
-  float *scratch, *ctxbuf, *zbuf, *ldbuf;
-  void **args;
-} rt_tls;
-
-struct rt_model {
-  rt_desc *d;
-  rt_kernel k[RT_NENTRY];
-  void **params;
-  float **prep[RT_NENTRY];
-  rt_pool *pool;
-  int nthreads;
-  rt_tls *tls;
-};
+/* struct rt_model and rt_tls are in rt_internal.h: rt_train.c shares them. */
 
 /* ------------------------------------------------------------------ */
 /* prep programs                                                       */
 
-/* An operand: a float or int64 param, or an earlier result (double). */
-typedef struct opnd { const float *f; const int64_t *i; const double *d; size_t len; } opnd;
-
-static double at(const opnd *o, size_t k) {
-  if (o->len == 1) k = 0;                 /* [1,1] broadcast */
-  return o->d ? o->d[k] : o->f ? (double)o->f[k] : (double)o->i[k];
+const rt_entry_desc *rt_model_entry(const rt_model *m, int e) {
+  return e < RT_NENTRY ? &m->d->entry[e] : &m->d->train;
 }
 
-static opnd get_opnd(const rt_model *m, const rt_entry_desc *en, double *const *vals, int a) {
-  opnd o = { 0, 0, 0, 0 };
-  const rt_desc *d = m->d;
-  if (a < d->nparams) {
-    o.len = rt_param_numel(&d->params[a]);
-    if (d->params[a].dtype == RT_I64) o.i = m->params[a];
-    else o.f = m->params[a];
-  } else {
-    const rt_prep *p = &en->prep[a - d->nparams];
-    o.d = vals[a - d->nparams];
-    o.len = (size_t)p->rows * (size_t)p->n;
+/* Makes entry e's result buffers: double values and their float copies. */
+static int alloc_prep(rt_model *m, int e, char *err, size_t errlen) {
+  const rt_entry_desc *en = rt_model_entry(m, e);
+  if (en->nprep == 0) return 0;
+  m->prep[e] = calloc((size_t)en->nprep, sizeof(float *));
+  m->vals[e] = calloc((size_t)en->nprep, sizeof(double *));
+  if (!m->prep[e] || !m->vals[e]) return rt_errf(err, errlen, "model: out of memory");
+  for (int q = 0; q < en->nprep; q++) {
+    size_t len = (size_t)en->prep[q].rows * (size_t)en->prep[q].n;
+    m->vals[e][q] = malloc((len ? len : 1) * sizeof(double));
+    m->prep[e][q] = rt_alloc_aligned(len * sizeof(float));
+    if (!m->vals[e][q] || !m->prep[e][q]) return rt_errf(err, errlen, "model: out of memory");
   }
-  return o;
-}
-
-/* W = P L U (flow-language.md 4), or its inverse by two triangular solves
-** per column: W x = e_j  <=>  L U x = e_{perm[j]}. */
-static void prep_lu(const opnd *o, int D, int inverse, double *out) {
-  size_t n = (size_t)D;
-#define LO(r, c) ((r) == (c) ? 1.0 : (c) < (r) ? at(&o[0], (r) * n + (c)) : 0.0)
-#define UP(r, c) ((r) == (c) ? at(&o[3], (r)) * exp(at(&o[2], (r))) \
-                  : (c) > (r) ? at(&o[1], (r) * n + (c)) : 0.0)
-  if (!inverse) {
-    for (size_t i = 0; i < n; i++) {
-      size_t r = (size_t)o[4].i[i];
-      for (size_t c = 0; c < n; c++) {
-        double s = 0;
-        for (size_t k = 0; k <= (r < c ? r : c); k++) s += LO(r, k) * UP(k, c);
-        out[i * n + c] = s;
-      }
-    }
-    return;
-  }
-  for (size_t j = 0; j < n; j++) {
-    size_t pj = (size_t)o[4].i[j];
-    double *x = out;                      /* column j, strided */
-    for (size_t r = 0; r < n; r++) {      /* L y = e_pj */
-      double s = r == pj ? 1.0 : 0.0;
-      for (size_t k = 0; k < r; k++) s -= LO(r, k) * x[k * n + j];
-      x[r * n + j] = s;
-    }
-    for (size_t r = n; r-- > 0;) {        /* U x = y */
-      double s = x[r * n + j];
-      for (size_t k = r + 1; k < n; k++) s -= UP(r, k) * x[k * n + j];
-      x[r * n + j] = s / UP(r, r);
-    }
-  }
-#undef LO
-#undef UP
-}
-
-static void prep_one(const rt_prep *p, const opnd *o, double *out) {
-  size_t len = (size_t)p->rows * (size_t)p->n;
-  switch (p->op) {
-  case RT_PREP_EXP: for (size_t k = 0; k < len; k++) out[k] = exp(at(&o[0], k)); break;
-  case RT_PREP_NEG: for (size_t k = 0; k < len; k++) out[k] = -at(&o[0], k); break;
-  case RT_PREP_SUM: {
-    double s = 0;
-    for (size_t k = 0; k < o[0].len; k++) s += at(&o[0], k);
-    out[0] = s;
-    break;
-  }
-  case RT_PREP_ADD: for (size_t k = 0; k < len; k++) out[k] = at(&o[0], k) + at(&o[1], k); break;
-  case RT_PREP_SUB: for (size_t k = 0; k < len; k++) out[k] = at(&o[0], k) - at(&o[1], k); break;
-  case RT_PREP_MUL: for (size_t k = 0; k < len; k++) out[k] = at(&o[0], k) * at(&o[1], k); break;
-  case RT_PREP_CONST: out[0] = p->f; break;
-  case RT_PREP_LU_W: prep_lu(o, p->n, 0, out); break;
-  case RT_PREP_LU_WINV: prep_lu(o, p->n, 1, out); break;
-  }
+  return 0;
 }
 
 /* Runs entry e's program in double and stores float results. */
-static int run_prep(rt_model *m, int e, char *err, size_t errlen) {
-  const rt_entry_desc *en = &m->d->entry[e];
-  if (en->nprep == 0) return 0;
-  m->prep[e] = calloc((size_t)en->nprep, sizeof(float *));
-  double **vals = calloc((size_t)en->nprep, sizeof(double *));
-  int rc = 0;
-  if (!m->prep[e] || !vals) rc = rt_errf(err, errlen, "model: out of memory");
-  for (int q = 0; q < en->nprep && !rc; q++) {
-    const rt_prep *p = &en->prep[q];
-    size_t len = (size_t)p->rows * (size_t)p->n;
-    vals[q] = malloc((len ? len : 1) * sizeof(double));
-    m->prep[e][q] = rt_alloc_aligned(len * sizeof(float));
-    if (!vals[q] || !m->prep[e][q]) { rc = rt_errf(err, errlen, "model: out of memory"); break; }
-    opnd o[5];
-    for (int a = 0; a < p->nargs; a++) o[a] = get_opnd(m, en, vals, p->args[a]);
-    prep_one(p, o, vals[q]);
-    for (size_t k = 0; k < len; k++) m->prep[e][q][k] = (float)vals[q][k];
+static void run_prep(rt_model *m, int e) {
+  const rt_entry_desc *en = rt_model_entry(m, e);
+  rt_prep_forward(m->d, en, m->params, m->vals[e]);
+  for (int q = 0; q < en->nprep; q++) {
+    size_t len = (size_t)en->prep[q].rows * (size_t)en->prep[q].n;
+    for (size_t k = 0; k < len; k++) m->prep[e][q][k] = (float)m->vals[e][q][k];
   }
-  if (vals)
-    for (int q = 0; q < en->nprep; q++) free(vals[q]);
-  free(vals);
-  return rc;
 }
+
+static int nprog(const rt_model *m) { return m->d->has_train ? RT_NENTRY + 1 : RT_NENTRY; }
 
 /* ------------------------------------------------------------------ */
 /* open and close                                                      */
@@ -141,20 +56,27 @@ static int run_prep(rt_model *m, int e, char *err, size_t errlen) {
 void rt_model_close(rt_model *m) {
   if (!m) return;
   rt_pool_free(m->pool);
+  rt_train_free(m);                       /* before the tls it points into */
   if (m->tls)
     for (int t = 0; t < m->nthreads; t++) {
       free(m->tls[t].scratch);
       free(m->tls[t].ctxbuf);
       free(m->tls[t].zbuf);
       free(m->tls[t].ldbuf);
+      free(m->tls[t].lpbuf);
       free(m->tls[t].args);
     }
   free(m->tls);
-  for (int e = 0; e < RT_NENTRY; e++) {
-    if (m->prep[e])
-      for (int q = 0; q < m->d->entry[e].nprep; q++) free(m->prep[e][q]);
+  for (int e = 0; e <= RT_NENTRY; e++) {
+    int nq = rt_model_entry(m, e)->nprep;
+    for (int q = 0; q < nq; q++) {
+      if (m->prep[e]) free(m->prep[e][q]);
+      if (m->vals[e]) free(m->vals[e][q]);
+    }
     free(m->prep[e]);
+    free(m->vals[e]);
   }
+  free(m->seen);
   if (m->params)
     for (int i = 0; i < m->d->nparams; i++) free(m->params[i]);
   free(m->params);
@@ -174,6 +96,7 @@ static int copy_weights(rt_model *m, const rt_weights *w, char *err, size_t errl
     if (!w->data[i] && n) return rt_errf(err, errlen, "model: no data for %s", p->name);
     if (!(m->params[i] = rt_alloc_aligned(bytes))) return rt_errf(err, errlen, "model: out of memory");
     if (bytes) memcpy(m->params[i], w->data[i], bytes);
+    if (p->dtype == RT_I64 && n > m->maxperm) m->maxperm = n;
     if (p->dtype == RT_I64) {             /* kernels index with it: must be a perm */
       const int64_t *v = m->params[i];
       unsigned char *seen = calloc(n ? n : 1, 1);
@@ -188,6 +111,11 @@ static int copy_weights(rt_model *m, const rt_weights *w, char *err, size_t errl
       free(seen);
     }
   }
+  m->w.n = d->nparams;
+  m->w.data = m->params;
+  m->w.step = w->step;
+  if (!(m->seen = calloc(m->maxperm ? m->maxperm : 1, 1)))
+    return rt_errf(err, errlen, "model: out of memory");
   return 0;
 }
 
@@ -195,9 +123,10 @@ static int make_buffers(rt_model *m, char *err, size_t errlen) {
   const rt_desc *d = m->d;
   long maxs = 0;
   int maxq = 0;
-  for (int e = 0; e < RT_NENTRY; e++) {
-    if (d->entry[e].scratch > maxs) maxs = d->entry[e].scratch;
-    if (d->entry[e].nprep > maxq) maxq = d->entry[e].nprep;
+  for (int e = 0; e < nprog(m); e++) {
+    const rt_entry_desc *en = rt_model_entry(m, e);
+    if (en->scratch > maxs) maxs = en->scratch;
+    if (en->nprep > maxq) maxq = en->nprep;
   }
   size_t T = (size_t)d->tile, nargs = 4 + (size_t)d->nparams + (size_t)maxq + 1;
   m->tls = calloc((size_t)m->nthreads, sizeof *m->tls);
@@ -208,8 +137,9 @@ static int make_buffers(rt_model *m, char *err, size_t errlen) {
     b->ctxbuf = rt_alloc_aligned(T * (size_t)d->context * sizeof(float));
     b->zbuf = rt_alloc_aligned(T * (size_t)d->dim * sizeof(float));
     b->ldbuf = rt_alloc_aligned(T * sizeof(float));
+    b->lpbuf = rt_alloc_aligned(T * sizeof(float));
     b->args = calloc(nargs, sizeof(void *));
-    if (!b->scratch || !b->ctxbuf || !b->zbuf || !b->ldbuf || !b->args)
+    if (!b->scratch || !b->ctxbuf || !b->zbuf || !b->ldbuf || !b->lpbuf || !b->args)
       return rt_errf(err, errlen, "model: out of memory for %ld scratch floats a row", maxs);
     for (int i = 0; i < d->nparams; i++) b->args[4 + i] = m->params[i];
   }
@@ -228,7 +158,8 @@ rt_model *rt_model_open(const rt_desc *d, const rt_kernel kernels[RT_NENTRY],
   }
   memcpy(m->k, kernels, sizeof m->k);
   int rc = copy_weights(m, w, err, errlen);
-  for (int e = 0; e < RT_NENTRY && !rc; e++) rc = run_prep(m, e, err, errlen);
+  for (int e = 0; e < nprog(m) && !rc; e++) rc = alloc_prep(m, e, err, errlen);
+  for (int e = 0; e < nprog(m) && !rc; e++) run_prep(m, e);
   if (!rc) {
     openblas_set_num_threads(1);          /* we split the work over tiles */
     m->pool = rt_pool_new(nthreads);
@@ -244,8 +175,50 @@ rt_model *rt_model_open(const rt_desc *d, const rt_kernel kernels[RT_NENTRY],
 }
 
 const float *const *rt_model_prep(const rt_model *m, int entry) {
-  if (!m || entry < 0 || entry >= RT_NENTRY) return NULL;
+  if (!m || entry < 0 || entry >= nprog(m)) return NULL;
   return (const float *const *)m->prep[entry];
+}
+
+const rt_weights *rt_model_params(const rt_model *m) { return m ? &m->w : NULL; }
+
+/* Checks every perm of w into m->seen (sized at open): no allocation. */
+static int check_perms(rt_model *m, const rt_weights *w, char *err, size_t errlen) {
+  const rt_desc *d = m->d;
+  for (int i = 0; i < d->nparams; i++) {
+    if (d->params[i].dtype != RT_I64) continue;
+    size_t n = rt_param_numel(&d->params[i]);
+    const int64_t *v = w->data[i];
+    if (n && !v) return rt_errf(err, errlen, "model: no data for %s", d->params[i].name);
+    memset(m->seen, 0, n);
+    for (size_t k = 0; k < n; k++) {
+      if (v[k] < 0 || (size_t)v[k] >= n || m->seen[v[k]])
+        return rt_errf(err, errlen, "model: %s is not a permutation", d->params[i].name);
+      m->seen[v[k]] = 1;
+    }
+  }
+  return 0;
+}
+
+int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errlen) {
+  if (!m || !w || w->n != m->d->nparams || (w->n && !w->data)) {
+    rt_errf(err, errlen, "model: the weights do not fit the model");
+    return RT_EINVAL;
+  }
+  const rt_desc *d = m->d;
+  for (int i = 0; i < d->nparams; i++)
+    if (!w->data[i] && rt_param_numel(&d->params[i])) {
+      rt_errf(err, errlen, "model: no data for %s", d->params[i].name);
+      return RT_EINVAL;
+    }
+  if (check_perms(m, w, err, errlen)) return RT_EINVAL;
+  for (int i = 0; i < d->nparams; i++) {
+    const rt_param_desc *p = &d->params[i];
+    size_t bytes = rt_param_numel(p) * (p->dtype == RT_I64 ? 8 : 4);
+    if (bytes && w->data[i] != m->params[i]) memcpy(m->params[i], w->data[i], bytes);
+  }
+  m->w.step = w->step;
+  for (int e = 0; e < nprog(m); e++) run_prep(m, e);
+  return RT_OK;
 }
 
 /* ------------------------------------------------------------------ */

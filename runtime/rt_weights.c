@@ -109,6 +109,11 @@ static int take(const rt_param_desc *p, const rt_st_entry *t, const char *what,
   return 0;
 }
 
+int rt_weights_take(const rt_param_desc *p, const rt_st_entry *t, const char *what,
+                    void **out, char *err, size_t errlen) {
+  return take(p, t, what, out, err, errlen);
+}
+
 static long parse_step(const char *s) {
   if (!s || !*s) return 0;
   char *end;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cg.h"
+#include "modelgen.h"
 #include "passes.h"
 #include "rt.h"
 #include "testutil.h"
@@ -50,10 +51,15 @@ typedef struct tprog {
   ir_arena *A;
   ir_program *p;
   void **params;            /* random values, float* or int64_t* */
+  const float *const *train_prep; /* the train graph's prep results from the
+                                     runtime, or NULL: eval_prep */
 } tprog;
 
 /* The graph of every entry is built by build(g, p, entry). */
 typedef void (*build_fn)(ir_graph *g, ir_program *p, int entry);
+/* When set, make_prog also builds p->train with it. */
+typedef void (*build_train_fn)(ir_graph *g, ir_program *p);
+static build_train_fn g_build_train;
 
 static long param_size(const ir_param *pa) {
   return pa->ndim == 2 ? (long)pa->shape[0] * pa->shape[1] : pa->shape[0];
@@ -62,6 +68,7 @@ static long param_size(const ir_param *pa) {
 static void make_prog(tprog *t, const char *name, int D, int C, int np, const pspec *ps,
                       build_fn build, int opt, double wscale) {
   t->A = ir_arena_new();
+  t->train_prep = NULL;
   ir_model *m = ir_alloc(t->A, sizeof *m);
   m->name = ir_strdup(t->A, name);
   m->dim = D;
@@ -104,6 +111,10 @@ static void make_prog(tprog *t, const char *name, int D, int C, int np, const ps
     p->entry[e] = ir_graph_new(t->A);
     build(p->entry[e], p, e);
   }
+  if (g_build_train) {
+    p->train = ir_graph_new(t->A);
+    g_build_train(p->train, p);
+  }
   cr_assert_eq(pass_pipeline(p, opt, NULL, NULL), 0);
   t->p = p;
 }
@@ -123,7 +134,7 @@ static float **eval_prep(const tprog *t, const ir_graph *g) {
   double **v = calloc((size_t)g->nnodes, sizeof *v);
   for (int i = 0; i < g->nnodes; i++) {
     const ir_node *x = g->nodes[i];
-    if (x->batch) continue;
+    if (x->batch || ir_is_sink(x->op)) continue;
     long n = (long)x->rows * x->n;
     v[i] = calloc((size_t)(n + 1), sizeof(double));
     const ir_node *a = x->nargs > 0 ? x->args[0] : NULL, *b = x->nargs > 1 ? x->args[1] : NULL;
@@ -757,4 +768,373 @@ Test(codegen, shared_object_errors) {
   cr_assert_eq(cg_build_so(t.p, 2, NULL, 0, so, err, sizeof err), -1);
   cr_assert(err[0]);
   free_prog(&t);
+}
+
+/* ---- the gradient kernel: backward ops and sinks against ir_interp_grads ---- */
+
+/* Size in floats of gradient slot k of train graph g (0 for I64 params). */
+static long slot_size(const tprog *t, const ir_graph *g, int k) {
+  int P = t->p->nparams;
+  if (k < P) return t->p->params[k].dtype == IR_F32 ? param_size(&t->p->params[k]) : 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i]->prep == k - P) return (long)g->nodes[i]->rows * g->nodes[i]->n;
+  cr_assert_fail("no node for prep slot %d", k - P);
+  return 0;
+}
+
+/* Runs the gradient kernel over n rows in calls of `chunk` rows. */
+static void run_train_kernel(const tprog *t, rt_kernel k, long n, long chunk, const float *in,
+                             const float *ctx, float *out0, float *const *slots) {
+  const ir_graph *g = t->p->train;
+  int P = t->p->nparams, Q = g->nprep, tile = cg_tile(t->p);
+  cr_assert(chunk >= 1 && chunk <= tile);
+  const ir_node *i0 = find_input(g, 0), *i1 = find_input(g, 1);
+  long w0 = i0 ? i0->n : 0, w1 = i1 ? i1->n : 0, o0 = g->outs[0]->n;
+  float **q = t->train_prep ? NULL : eval_prep(t, g);
+  void **args = calloc((size_t)(5 + 2 * (P + Q)), sizeof *args);
+  size_t sbytes = ((size_t)tile * (size_t)g->scratch * sizeof(float) + 63) / 64 * 64 + 64;
+  float *scratch = aligned_alloc(64, sbytes);
+  for (size_t i = 0; i < sbytes / sizeof(float); i++) scratch[i] = NAN;
+  for (int i = 0; i < P; i++) args[4 + i] = t->params[i];
+  for (int i = 0; i < Q; i++) args[4 + P + i] = q ? q[i] : (void *)t->train_prep[i];
+  args[4 + P + Q] = scratch;
+  for (int i = 0; i < P + Q; i++) args[5 + P + Q + i] = slots[i];
+  for (long r = 0; r < n; r += chunk) {
+    long rows = n - r < chunk ? n - r : chunk;
+    args[0] = (void *)(in + r * w0);
+    args[1] = ctx ? (void *)(ctx + r * w1) : NULL;
+    args[2] = out0 + r * o0;
+    args[3] = NULL;
+    k((void *const *)args, rows);
+  }
+  free(scratch);
+  free(args);
+  if (q) free_prep(q, Q);
+}
+
+/*
+** Compiles t (with a train graph) at opt and runs its gradient kernel on
+** random rows (scale s) in chunks of 1, 7 and a tile, every gradient slot
+** pre-filled with non-zero values; out[0] and every slot are compared with
+** ir_interp_grads (tol relative, at least 1 in the denominator). The first
+** row holds extremes (+-30, ...) for the derivatives' stable forms; a slot
+** sums terms up to 30 times the others in float, so its tolerance is 30 tol.
+*/
+static void check_train_jit(const tprog *t, cg_jit *j, int opt, double s, double tol,
+                            const char *what);
+static int g_extremes = 1;
+static int g_big;   /* also +-200, -100, +-1e5 (for derivatives that stay finite) */
+static void check_train(const tprog *t, int opt, double s, double tol, const char *what) {
+  char err[512];
+  cg_jit *j = cg_jit_new(t->p, opt, err, sizeof err);
+  cr_assert(j, "%s: %s", what, err);
+  check_train_jit(t, j, opt, s, tol, what);
+  cg_jit_free(j);
+}
+
+static void check_train_jit(const tprog *t, cg_jit *j, int opt, double s, double tol,
+                            const char *what) {
+  char err[512];
+  rt_kernel k = cg_jit_train(j);
+  cr_assert(k, "%s: no gradient kernel", what);
+  const ir_graph *g = t->p->train;
+  int S = t->p->nparams + g->nprep;
+  const ir_node *i0 = find_input(g, 0), *i1 = find_input(g, 1);
+  long w0 = i0 ? i0->n : 0, w1 = i1 ? i1->n : 0, o0 = g->outs[0]->n;
+  int tile = cg_tile(t->p);
+  long n = 2L * tile + 5;
+  float *in = rand_rows(n * w0, s), *ctx = w1 ? rand_rows(n * w1, s) : NULL;
+  int extremes = g_extremes && n * w0 > 8;
+  if (extremes) { in[0] = 30; in[1] = -30; in[2] = 0; in[3] = 1e-4f; in[4] = -1e-4f; in[5] = 8; in[6] = -9; }
+  if (extremes && g_big && n * w0 > 12) { in[7] = -200; in[8] = 200; in[9] = -100; in[10] = -1e5f; in[11] = 1e5f; }
+  double *ind = calloc((size_t)(n * w0 + 1), sizeof *ind), *cd = calloc((size_t)(n * w1 + 1), sizeof *cd);
+  for (long i = 0; i < n * w0; i++) ind[i] = in[i];
+  for (long i = 0; i < n * w1; i++) cd[i] = ctx[i];
+  long *sz = calloc((size_t)S + 1, sizeof *sz);
+  float **init = calloc((size_t)S + 1, sizeof *init), **got = calloc((size_t)S + 1, sizeof *got);
+  double **want = calloc((size_t)S + 1, sizeof *want);
+  for (int q = 0; q < S; q++) {
+    sz[q] = slot_size(t, g, q);
+    if (!sz[q] && q < t->p->nparams) continue;
+    init[q] = malloc(sizeof(float) * (size_t)(sz[q] + 1));
+    got[q] = malloc(sizeof(float) * (size_t)(sz[q] + 1));
+    want[q] = malloc(sizeof(double) * (size_t)(sz[q] + 1));
+    for (long i = 0; i < sz[q]; i++) want[q][i] = init[q][i] = (float)(0.5 * rnorm());
+  }
+  double *want0 = calloc((size_t)(n * o0 + 1), sizeof *want0);
+  int rc = ir_interp_grads(t->p, g, (const void *const *)t->params, n, ind, cd, want0,
+                           (double *const *)want, err, sizeof err);
+  cr_assert_eq(rc, 0, "%s", err);
+  long chunks[3] = {1, 7, tile};
+  for (int c = 0; c < 3; c++) {
+    long chunk = chunks[c] < tile ? chunks[c] : tile;
+    float *out0 = malloc(sizeof(float) * (size_t)(n * o0 + 1));
+    for (long i = 0; i < n * o0; i++) out0[i] = NAN;
+    for (int q = 0; q < S; q++)
+      if (got[q]) memcpy(got[q], init[q], sizeof(float) * (size_t)sz[q]);
+    run_train_kernel(t, k, n, chunk, in, ctx, out0, got);
+    char label[160];
+    snprintf(label, sizeof label, "%s O%d chunk %ld out0", what, opt, chunk);
+    assert_close(out0, want0, n * o0, tol, label);
+    for (int q = 0; q < S; q++) {
+      if (!got[q]) continue;
+      snprintf(label, sizeof label, "%s O%d chunk %ld slot %d", what, opt, chunk, q);
+      assert_close(got[q], want[q], sz[q], extremes ? 30 * tol : tol, label);
+    }
+    free(out0);
+  }
+  for (int q = 0; q < S; q++) {
+    free(init[q]);
+    free(got[q]);
+    free(want[q]);
+  }
+  free(sz); free(init); free(got); free(want);
+  free(in); free(ctx); free(ind); free(cd); free(want0);
+}
+
+/* entries of the train tests: anything small */
+static void build_neg(ir_graph *g, ir_program *p, int e) {
+  (void)p;
+  (void)e;
+  ir_output(g, ir_unary(g, IR_NEG, ir_input(g, 0, g_D)));
+}
+
+static const pspec dact_params[] = {
+  {"t.col", IR_F32, 1, 5, 0, INIT_ZERO},      /* [1,5] */
+  {"t.one", IR_F32, 1, 1, 0, INIT_ZERO},      /* [1,1] */
+  {"t.outer", IR_F32, 2, 5, 5, INIT_ZERO},    /* [5,5] */
+  {"t.perm", IR_I64, 1, 5, 0, INIT_PERM_RANDOM}, /* an I64 param: NULL slot */
+};
+
+static void train_dact(ir_graph *g, ir_program *p) {
+  ir_node *x = ir_input(g, 0, 5);
+  ir_node *y = ir_dact(g, g_op, x);
+  ir_output(g, y);
+  ir_acc_sum(g, y, NULL, ir_param_node(g, p, 0));
+  ir_acc_sum(g, y, x, ir_param_node(g, p, 1));
+  ir_acc_outer(g, y, x, ir_param_node(g, p, 2));
+}
+
+Test(codegen, train_dact) {
+  static const ir_op ops[] = {IR_RELU, IR_GELU, IR_GELU_TANH, IR_SILU, IR_TANH, IR_ELU,
+                              IR_SOFTPLUS, IR_LIPSWISH, IR_EXP, IR_NEG, IR_LOGSIGMOID,
+                              IR_SQUARE};
+  g_build_train = train_dact;
+  g_D = 5;
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+    g_op = ops[i];
+    tprog t;
+    make_prog(&t, "dact", 5, 0, 4, dact_params, build_neg, 2, 1);
+    char what[64];
+    snprintf(what, sizeof what, "d %s", ir_op_name(g_op));
+    g_big = g_op != IR_EXP;
+    check_train(&t, 2, 2.0, 1e-5, what);
+    g_big = 0;
+    free_prog(&t);
+  }
+  g_build_train = NULL;
+}
+
+/* dy W with W a parameter or a prep node; the sinks target both kinds */
+static void train_linear_t(ir_graph *g, ir_program *p) {
+  ir_node *dy = ir_input(g, 0, g_out), *c = ir_input(g, 1, g_in);
+  ir_node *W = ir_param_node(g, p, 0), *b = ir_param_node(g, p, 1);
+  if (g_variant) W = ir_unary(g, IR_NEG, W);
+  ir_node *y = ir_linear_t(g, dy, W);
+  ir_output(g, y);
+  ir_acc_outer(g, dy, c, W);
+  ir_acc_sum(g, y, c, ir_unary(g, IR_EXP, b));
+  ir_acc_sum(g, dy, NULL, ir_param_node(g, p, 2));
+}
+
+static void linear_t_case_opt(int in, int out, int variant, int opt) {
+  g_in = in;
+  g_out = out;
+  g_variant = variant;
+  g_D = out;
+  lin_params[0] = (pspec){"w", IR_F32, 2, out, in, INIT_LINEAR_WEIGHT};
+  lin_params[1] = (pspec){"b", IR_F32, 1, in, 0, INIT_LINEAR_BIAS};
+  lin_params[2] = (pspec){"o", IR_F32, 1, 1, 0, INIT_ZERO};
+  g_build_train = train_linear_t;
+  tprog t;
+  make_prog(&t, "lint", out, in, 3, lin_params, build_neg, opt, 1.0 / sqrt(out));
+  char what[64];
+  snprintf(what, sizeof what, "linear_t %d -> %d variant %d", out, in, variant);
+  check_train(&t, opt, 1, 2e-5, what);
+  free_prog(&t);
+  g_build_train = NULL;
+  g_D = 5;
+}
+
+static void linear_t_case(int in, int out, int variant) { linear_t_case_opt(in, out, variant, 2); }
+
+Test(codegen, train_linear_t) {
+  for (int v = 0; v < 2; v++) {
+    linear_t_case(7, 5, v);
+    linear_t_case(3, 1, v);
+    linear_t_case(2, 33, v);
+    linear_t_case(80, 96, v);
+  }
+  for (int opt = 0; opt <= 3; opt++) linear_t_case_opt(7, 5, 1, opt); /* every level */
+}
+
+/* pad, broadcast, batch [B,1] operands of binary ops, views of them */
+static const pspec shape_params[] = {
+  {"t.1", IR_F32, 1, 1, 0, INIT_ZERO}, {"t.5", IR_F32, 1, 5, 0, INIT_ZERO},
+  {"t.6", IR_F32, 1, 6, 0, INIT_ZERO}, {"t.7", IR_F32, 1, 7, 0, INIT_ZERO},
+  {"t.9", IR_F32, 1, 9, 0, INIT_ZERO},
+};
+
+static void train_shape(ir_graph *g, ir_program *p) {
+  ir_node *x = ir_input(g, 0, 5), *y = NULL;
+  ir_node *rs = ir_rowsum(g, x);
+  switch (g_variant) {
+  case 0: y = ir_pad(g, x, 2, 9); break;
+  case 1: y = ir_pad(g, x, 0, 7); break;
+  case 2: y = ir_pad(g, x, 4, 9); break;
+  case 3: y = ir_bcast(g, rs, 6); break;
+  case 4: y = ir_binary(g, IR_SUB, rs, x); break;
+  case 5: y = ir_binary(g, IR_MUL, x, ir_rowsum(g, ir_unary(g, IR_SQUARE, x))); break;
+  case 6: y = ir_binary(g, IR_ADD, ir_bcast(g, rs, 5), ir_slice(g, ir_pad(g, x, 1, 7), 1, 5)); break;
+  case 7: y = ir_binary(g, IR_MUL, ir_slice(g, ir_pad(g, x, 3, 9), 2, 5), rs); break;
+  case 8: y = ir_binary(g, IR_ADD, rs, ir_unary(g, IR_TANH, rs)); break; /* [B,1] both */
+  }
+  ir_output(g, y);
+  int widths[5] = {1, 5, 6, 7, 9};
+  for (int k = 0; k < 5; k++)
+    if (widths[k] == y->n) ir_acc_sum(g, y, NULL, ir_param_node(g, p, k));
+  ir_acc_sum(g, y, y, ir_param_node(g, p, 0));                    /* sum over columns too */
+  ir_acc_sum(g, ir_slice(g, y, 0, 1), NULL, ir_param_node(g, p, 0)); /* a [B,1] view */
+}
+
+Test(codegen, train_pad_bcast) {
+  g_build_train = train_shape;
+  g_D = 5;
+  for (int v = 0; v <= 8; v++) {
+    g_variant = v;
+    tprog t;
+    make_prog(&t, "shp", 5, 0, 5, shape_params, build_neg, 2, 1);
+    char what[64];
+    snprintf(what, sizeof what, "shape variant %d", v);
+    check_train(&t, 2, 1, 1e-5, what);
+    free_prog(&t);
+  }
+  g_build_train = NULL;
+}
+
+/* back through a spline: h from a linear layer of the context, the
+** gradients gy, gl of the loss from the context too */
+static void train_rqs(ir_graph *g, ir_program *p) {
+  ir_node *x = ir_input(g, 0, 3), *c = ir_input(g, 1, 4);
+  ir_node *W = ir_param_node(g, p, 0), *b = ir_param_node(g, p, 1);
+  ir_node *h = ir_linear(g, c, W, b);
+  ir_node *r = ir_rqs(g, x, h, 4, 2.5, g_variant);
+  ir_node *gr = ir_rqs_grad(g, r, ir_slice(g, c, 0, 3), ir_unary(g, IR_TANH, ir_slice(g, c, 1, 3)));
+  ir_output(g, gr);
+  ir_node *gh = ir_slice(g, gr, 3, 33);
+  ir_acc_outer(g, gh, c, W);
+  ir_acc_sum(g, gh, NULL, b);
+}
+
+Test(codegen, train_rqs_grad) {
+  g_build_train = train_rqs;
+  g_D = 3;
+  for (int inv = 0; inv < 2; inv++) {
+    g_variant = inv;
+    tprog t;
+    make_prog(&t, "rqsg", 3, 4, 2, rqs_params, build_neg, 2, 1.0);
+    /* the interpreter differentiates by central differences in double; the
+       kernel's h comes from a float linear layer, and where the inverse is
+       steep (gradients ~100) that alone moves the result by ~1e-4 */
+    check_train(&t, 2, 1.5, 2e-4, inv ? "rqs_grad inverse" : "rqs_grad forward");
+    free_prog(&t);
+  }
+  g_build_train = NULL;
+  g_D = 5;
+}
+
+/* the descriptor of a program with a train graph; the shared object ignores it */
+Test(codegen, train_descriptor_and_so) {
+  g_build_train = train_dact;
+  g_op = IR_TANH;
+  g_D = 5;
+  tprog t;
+  make_prog(&t, "dtrain", 5, 0, 4, dact_params, build_neg, 2, 1);
+  g_build_train = NULL;
+  char err[512];
+  rt_desc *d = cg_desc_err(t.p, err, sizeof err);
+  cr_assert(d, "%s", err);
+  cr_assert_eq(d->has_train, 1);
+  cr_assert_eq(d->train.scratch, t.p->train->scratch);
+  cr_assert_eq(d->train.nprep, t.p->train->nprep);
+  cr_assert_eq(d->train.has_ld, 0);
+  cr_assert(d->tile * t.p->train->scratch * (long)sizeof(float) <= 512L * 1024 || d->tile == 1);
+  rt_desc_free(d);
+  /* no train graph: no gradient kernel */
+  tprog t2;
+  make_prog(&t2, "mlp", 4, 2, 6, mlp_params, build_mlp, 2, 0.7);
+  cg_jit *j = cg_jit_new(t2.p, 2, err, sizeof err);
+  cr_assert(j, "%s", err);
+  cr_assert_null(cg_jit_train(j));
+  cg_jit_free(j);
+  d = cg_desc_err(t2.p, err, sizeof err);
+  cr_assert(d, "%s", err);
+  cr_assert_eq(d->has_train, 0);
+  rt_desc_free(d);
+  free_prog(&t2);
+  /* the shared object has no train kernel and its descriptor no train line */
+  char so[256];
+  snprintf(so, sizeof so, "%s/libdtrain.so", tu_tmpdir());
+  cr_assert_eq(cg_build_so(t.p, 2, NULL, 0, so, err, sizeof err), 0, "%s", err);
+  void *lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  cr_assert(lib, "%s", dlerror());
+  cr_assert_null(dlsym(lib, "flowc_dtrain_train"));
+  dlclose(lib);
+  /* the LLVM text has it */
+  char path[256];
+  snprintf(path, sizeof path, "%s/dtrain.ll", tu_tmpdir());
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
+  fclose(f);
+  char *s = tu_read_file(path, NULL);
+  cr_assert(s && strstr(s, "define void @flowc_dtrain_train(ptr"));
+  free(s);
+  free_prog(&t);
+}
+
+/* the gradient kernels of lowered random models (pass_autodiff), every layer
+** kind, with the runtime's prep results (LU products included) */
+Test(codegen, train_lowered_models) {
+  for (uint64_t seed = 0; seed < 8; seed++) {
+    mg_rng r = {seed + 100};
+    int D = 2 + (int)(seed % 4), C = seed % 3 == 0 ? 3 : 0;
+    tprog t = {0};
+    t.A = ir_arena_new();
+    ir_model *m = mg_model(t.A, &r, D, C, 4, NULL);
+    char err[512];
+    t.p = ir_lower(t.A, m, err, sizeof err);
+    cr_assert(t.p, "%s", err);
+    t.params = mg_params(t.A, &r, t.p, 0.8);
+    cr_assert_eq(pass_autodiff(t.p), 0);
+    cr_assert_eq(pass_pipeline(t.p, 2, NULL, NULL), 0);
+    rt_desc *d = cg_desc_err(t.p, err, sizeof err);
+    cr_assert(d, "%s", err);
+    cg_jit *j = cg_jit_new(t.p, 2, err, sizeof err);
+    cr_assert(j, "%s", err);
+    rt_kernel ks[RT_NENTRY];
+    cg_jit_kernels(j, ks);
+    rt_weights w = {t.p->nparams, t.params, 0};
+    rt_model *rm = rt_model_open(d, ks, &w, 1, err, sizeof err);
+    cr_assert(rm, "%s", err);
+    t.train_prep = rt_model_prep(rm, RT_NENTRY);
+    cr_assert(t.train_prep || t.p->train->nprep == 0);
+    char what[64];
+    snprintf(what, sizeof what, "model seed %llu", (unsigned long long)seed);
+    check_train_jit(&t, j, 2, 1, 1e-4, what);
+    rt_model_close(rm);
+    cg_jit_free(j);
+    rt_desc_free(d);
+    free_prog(&t);
+  }
 }

@@ -33,7 +33,7 @@ static void write_text(const char *path, const char *text) {
 
 /* Runs torch_ref.py with ARGS; skips on 77 (fails under CI); fails with
 ** the script's report on any other non-zero exit. */
-static void run_ref(const char *args) {
+static int run_ref(const char *args) {
   char cmd[2048];
   snprintf(cmd, sizeof cmd, "%s %s %s", PY, REF, args);
   char *out = NULL;
@@ -50,8 +50,9 @@ static void run_ref(const char *args) {
     cr_skip_test("torch not installed: independent check skipped");
   }
   if (rc != 0) fprintf(stderr, "---- %s (exit %d) ----\n%s\n", cmd, rc, out ? out : "");
-  cr_assert_eq(rc, 0, "torch_ref.py %s: exit %d (report above)", args, rc);
+  cr_assert_eq(rc, 0, "torch_ref.py %s: exit %d (report above; files kept)", args, rc);
   free(out);
+  return rc;
 }
 
 /* One model: random weights, flowc against the reference. */
@@ -62,6 +63,9 @@ static void torch_check(const char *tag, const char *flow, const char *model, in
   snprintf(args, sizeof args, "%s %s %s%s%s --seed %d", FLOWC_EXE, flow, work,
            model ? " --model " : "", model ? model : "", seed);
   run_ref(args);
+  /* passed: drop the arrays and weights (kept for study on failure) */
+  snprintf(args, sizeof args, "rm -rf '%s'", work);
+  tu_run(args, NULL);
 }
 
 static const char *tmp_model(const char *name, const char *text) {
@@ -75,7 +79,7 @@ static const char *tmp_model(const char *name, const char *text) {
 
 /* The reference against itself (inverses, autograd and finite-difference
 ** log-dets, a scalar transcription of the spline), without flowc. */
-Test(torch, reference_selftest) { run_ref("--selftest"); }
+Test(torch, reference_selftest) { (void)run_ref("--selftest"); }
 
 /* ---- the examples ---- */
 

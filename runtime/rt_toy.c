@@ -1,0 +1,176 @@
+/*
+** runtime/rt_toy.c: the 2-D toy densities of FFJORD's toy_data.py
+** (Grathwohl et al. 2019), with their scaling, from the Philox generator:
+**   moons        sklearn make_moons(noise 0.1) * 2 + (-1, -0.2)
+**   circles      sklearn make_circles(factor 0.5, noise 0.08) * 3
+**   8gaussians   N(4 c, 0.5^2) around the 8 unit-circle points c, / 1.414
+**   checkerboard x1 ~ U(-2, 2), x2 in alternate unit squares, * 2
+**   pinwheel     5 arms, radial std 0.3, tangential 0.1, rate 0.25, * 2
+**   2spirals     two arms of sqrt(u) * 540 degrees, / 3, noise 0.1
+** Why per-row streams: value (row, what) depends only on (seed, row) so the
+** set is reproducible for a seed; moons and circles place their points on
+** sklearn's linspace and shuffle the rows, as make_moons does. pinwheel and
+** 2spirals alternate their classes by row instead of stacking them.
+*/
+#include "rt_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static const double PI = 3.14159265358979323846;
+
+enum { S_NORMAL = 1, S_UNIF, S_PICK, S_SHUFFLE };
+
+/* Two uniforms in (0,1) for (row, what). */
+static void uni2(uint64_t seed, int what, long row, double u[2]) {
+  uint64_t w[2];
+  rt_philox64(seed, 0x746f79ull << 32 | (uint64_t)what, (uint64_t)row, w);
+  u[0] = rt_u01_from64(w[0]);
+  u[1] = rt_u01_from64(w[1]);
+}
+
+/* Two standard normals for a row (Box-Muller). */
+static void normal2(uint64_t seed, long row, double z[2]) {
+  double u[2];
+  uni2(seed, S_NORMAL, row, u);
+  double r = sqrt(-2.0 * log(u[0])), t = 2 * PI * u[1];
+  z[0] = r * cos(t);
+  z[1] = r * sin(t);
+}
+
+static void shuffle_rows(float *out, long n, uint64_t seed) {
+  for (long i = n - 1; i > 0; i--) {
+    double u[2];
+    uni2(seed, S_SHUFFLE, i, u);
+    long j = (long)(u[0] * (double)(i + 1));
+    if (j > i) j = i;
+    float a = out[2 * i], b = out[2 * i + 1];
+    out[2 * i] = out[2 * j];
+    out[2 * i + 1] = out[2 * j + 1];
+    out[2 * j] = a;
+    out[2 * j + 1] = b;
+  }
+}
+
+/* np.linspace(0, end, m, endpoint)[j] */
+static double linspace(double end, long m, long j, int endpoint) {
+  if (endpoint) return m > 1 ? end * (double)j / (double)(m - 1) : 0.0;
+  return end * (double)j / (double)m;
+}
+
+static void moons(long n, uint64_t seed, float *out) {
+  long nout = n / 2, nin = n - nout;
+  for (long i = 0; i < n; i++) {
+    double x, y;
+    if (i < nout) {
+      double t = linspace(PI, nout, i, 1);
+      x = cos(t);
+      y = sin(t);
+    } else {
+      double t = linspace(PI, nin, i - nout, 1);
+      x = 1 - cos(t);
+      y = 1 - sin(t) - 0.5;
+    }
+    out[2 * i] = (float)x;
+    out[2 * i + 1] = (float)y;
+  }
+  shuffle_rows(out, n, seed);
+  for (long i = 0; i < n; i++) {
+    double z[2];
+    normal2(seed, i, z);
+    out[2 * i] = (float)((out[2 * i] + 0.1 * z[0]) * 2 - 1);
+    out[2 * i + 1] = (float)((out[2 * i + 1] + 0.1 * z[1]) * 2 - 0.2);
+  }
+}
+
+static void circles(long n, uint64_t seed, float *out) {
+  long nout = n / 2, nin = n - nout;
+  for (long i = 0; i < n; i++) {
+    int inner = i >= nout;
+    double t = inner ? linspace(2 * PI, nin, i - nout, 0) : linspace(2 * PI, nout, i, 0);
+    double f = inner ? 0.5 : 1.0;
+    out[2 * i] = (float)(f * cos(t));
+    out[2 * i + 1] = (float)(f * sin(t));
+  }
+  shuffle_rows(out, n, seed);
+  for (long i = 0; i < n; i++) {
+    double z[2];
+    normal2(seed, i, z);
+    out[2 * i] = (float)((out[2 * i] + 0.08 * z[0]) * 3);
+    out[2 * i + 1] = (float)((out[2 * i + 1] + 0.08 * z[1]) * 3);
+  }
+}
+
+static void gaussians8(long n, uint64_t seed, float *out) {
+  const double r = 1.0 / sqrt(2.0);
+  const double c[8][2] = { { 1, 0 }, { -1, 0 }, { 0, 1 }, { 0, -1 },
+                           { r, r }, { r, -r }, { -r, r }, { -r, -r } };
+  for (long i = 0; i < n; i++) {
+    double z[2], u[2];
+    normal2(seed, i, z);
+    uni2(seed, S_PICK, i, u);
+    int k = (int)(u[0] * 8);
+    if (k > 7) k = 7;
+    out[2 * i] = (float)((0.5 * z[0] + 4 * c[k][0]) / 1.414);
+    out[2 * i + 1] = (float)((0.5 * z[1] + 4 * c[k][1]) / 1.414);
+  }
+}
+
+static void checkerboard(long n, uint64_t seed, float *out) {
+  for (long i = 0; i < n; i++) {
+    double u[2], p[2];
+    uni2(seed, S_UNIF, i, u);
+    uni2(seed, S_PICK, i, p);
+    double x1 = u[0] * 4 - 2;
+    double x2 = u[1] - (p[0] < 0.5 ? 0 : 2);
+    double f = floor(x1);
+    x2 += f - 2 * floor(f / 2);           /* Python's floor(x1) % 2 */
+    out[2 * i] = (float)(x1 * 2);
+    out[2 * i + 1] = (float)(x2 * 2);
+  }
+}
+
+static void pinwheel(long n, uint64_t seed, float *out) {
+  for (long i = 0; i < n; i++) {
+    double z[2];
+    normal2(seed, i, z);
+    double f0 = z[0] * 0.3 + 1.0, f1 = z[1] * 0.1;
+    double a = 2 * PI * (double)(i % 5) / 5 + 0.25 * exp(f0);
+    double ca = cos(a), sa = sin(a);
+    out[2 * i] = (float)(2 * (f0 * ca + f1 * sa));
+    out[2 * i + 1] = (float)(2 * (-f0 * sa + f1 * ca));
+  }
+}
+
+static void spirals2(long n, uint64_t seed, float *out) {
+  for (long i = 0; i < n; i++) {
+    double u[2], v[2], z[2];
+    uni2(seed, S_UNIF, i, u);
+    uni2(seed, S_PICK, i, v);
+    normal2(seed, i, z);
+    double t = sqrt(u[0]) * 540 * (2 * PI) / 360;
+    double x = -cos(t) * t + u[1] * 0.5, y = sin(t) * t + v[0] * 0.5;
+    if (i % 2) { x = -x; y = -y; }
+    out[2 * i] = (float)(x / 3 + z[0] * 0.1);
+    out[2 * i + 1] = (float)(y / 3 + z[1] * 0.1);
+  }
+}
+
+static const struct { const char *name; void (*fn)(long, uint64_t, float *); } toys[] = {
+  { "moons", moons }, { "circles", circles }, { "8gaussians", gaussians8 },
+  { "checkerboard", checkerboard }, { "pinwheel", pinwheel }, { "2spirals", spirals2 },
+};
+
+int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen) {
+  size_t nt = sizeof toys / sizeof toys[0];
+  for (size_t i = 0; name && i < nt; i++) {
+    if (strcmp(name, toys[i].name)) continue;
+    if (n < 0 || (n > 0 && !out)) return rt_errf(err, errlen, "toy %s: bad row count or output", name);
+    toys[i].fn(n, seed, out);
+    return 0;
+  }
+  char pn[64];
+  return rt_errf(err, errlen, "unknown toy data set '%s'; the valid ones are moons, circles, "
+                 "8gaussians, checkerboard, pinwheel, 2spirals",
+                 name ? rt_printable(name, strlen(name), pn, sizeof pn) : "(none)");
+}

@@ -1,0 +1,239 @@
+/*
+** runtime/rt_train.c: gradients of the mean negative log-likelihood.
+**
+** Why a static split: thread t's chunk is the contiguous tile range
+** [t * tiles / T, (t + 1) * tiles / T), accumulated into the chunk's own
+** slots, and the chunks are summed in chunk order, so the result depends on
+** the thread count only, never on scheduling. The kernel adds one tile into
+** zeroed float slots, which are then added into the chunk's double sums, so
+** float rounding grows with the tile, not with n, and thread counts agree
+** to about 1e-7. Everything is allocated by rt_model_set_train;
+** rt_model_grad allocates nothing.
+*/
+#include "rt_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN_FLOATS 16       /* 64 bytes */
+
+static size_t round_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
+
+/* Floats of slot s (< P: param s, else prep s - P); 0 for I64 params. */
+static size_t slot_len(const rt_model *m, int s) {
+  const rt_desc *d = m->d;
+  if (s < d->nparams)
+    return d->params[s].dtype == RT_I64 ? 0 : rt_param_numel(&d->params[s]);
+  const rt_prep *p = &d->train.prep[s - d->nparams];
+  return (size_t)p->rows * (size_t)p->n;
+}
+
+static int is_slot(const rt_model *m, int s) {
+  return s >= m->d->nparams || m->d->params[s].dtype != RT_I64;
+}
+
+void rt_train_free(rt_model *m) {
+  rt_train_buf *tb = &m->tb;
+  for (int c = 0; c < tb->nchunks; c++) {
+    if (tb->block) free(tb->block[c]);
+    if (tb->dblock) free(tb->dblock[c]);
+    if (tb->slot) free(tb->slot[c]);
+  }
+  free(tb->block);
+  free(tb->dblock);
+  free(tb->off);
+  free(tb->slot);
+  free(tb->closs);
+  free(tb->gsum);
+  free(tb->gp);
+  free(tb->gq);
+  free(tb->work);
+  if (m->tls)
+    for (int t = 0; t < m->nthreads; t++) {
+      free(m->tls[t].targs);
+      m->tls[t].targs = NULL;
+    }
+  memset(tb, 0, sizeof *tb);
+}
+
+static int make_chunks(rt_model *m) {
+  rt_train_buf *tb = &m->tb;
+  int S = m->d->nparams + m->d->train.nprep;
+  if (!(tb->off = calloc(S ? (size_t)S : 1, sizeof(size_t)))) return -1;
+  size_t total = 0;
+  for (int s = 0; s < S; s++) {
+    tb->off[s] = total;
+    total += round_up(slot_len(m, s));
+  }
+  tb->block_floats = total;
+  tb->nchunks = m->nthreads;
+  tb->block = calloc((size_t)tb->nchunks, sizeof *tb->block);
+  tb->dblock = calloc((size_t)tb->nchunks, sizeof *tb->dblock);
+  tb->slot = calloc((size_t)tb->nchunks, sizeof *tb->slot);
+  tb->closs = calloc((size_t)tb->nchunks, sizeof *tb->closs);
+  if (!tb->block || !tb->dblock || !tb->slot || !tb->closs) return -1;
+  for (int c = 0; c < tb->nchunks; c++) {
+    tb->block[c] = rt_alloc_aligned(total * sizeof(float));
+    tb->dblock[c] = rt_alloc_aligned(total * sizeof(double));
+    tb->slot[c] = calloc(S ? (size_t)S : 1, sizeof(float *));
+    if (!tb->block[c] || !tb->dblock[c] || !tb->slot[c]) return -1;
+    for (int s = 0; s < S; s++)
+      if (is_slot(m, s)) tb->slot[c][s] = tb->block[c] + tb->off[s];
+  }
+  return 0;
+}
+
+static int make_sums(rt_model *m) {
+  rt_train_buf *tb = &m->tb;
+  const rt_desc *d = m->d;
+  int P = d->nparams, Q = d->train.nprep;
+  size_t total = 0;
+  for (int s = 0; s < P + Q; s++) total += slot_len(m, s);
+  tb->gsum = calloc(total ? total : 1, sizeof(double));
+  tb->gp = calloc(P ? (size_t)P : 1, sizeof(double *));
+  tb->gq = calloc(Q ? (size_t)Q : 1, sizeof(double *));
+  size_t w = rt_prep_work_size(d, &d->train);
+  tb->work = malloc((w ? w : 1) * sizeof(double));
+  if (!tb->gsum || !tb->gp || !tb->gq || !tb->work) return -1;
+  size_t off = 0;
+  for (int s = 0; s < P + Q; s++) {
+    double *g = is_slot(m, s) ? tb->gsum + off : NULL;
+    if (s < P) tb->gp[s] = g;
+    else tb->gq[s - P] = g;
+    off += slot_len(m, s);
+  }
+  return 0;
+}
+
+/* args: params and prep results are fixed; the slots are set per chunk. */
+static int make_args(rt_model *m) {
+  const rt_desc *d = m->d;
+  size_t P = (size_t)d->nparams, Q = (size_t)d->train.nprep;
+  for (int t = 0; t < m->nthreads; t++) {
+    void **a = calloc(5 + 2 * P + 2 * Q, sizeof(void *));
+    if (!a) return -1;
+    m->tls[t].targs = a;
+    for (size_t i = 0; i < P; i++) a[4 + i] = m->params[i];
+    for (size_t q = 0; q < Q; q++) a[4 + P + q] = m->prep[RT_TRAIN_PREP][q];
+    a[4 + P + Q] = m->tls[t].scratch;
+  }
+  return 0;
+}
+
+int rt_model_set_train(rt_model *m, rt_kernel train) {
+  if (!m || !train || !m->d->has_train) return RT_EINVAL;
+  if (!m->tb.block) {
+    if (make_chunks(m) || make_sums(m) || make_args(m)) {
+      rt_train_free(m);
+      return RT_ENOMEM;
+    }
+  }
+  m->train = train;
+  return RT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* running                                                             */
+
+typedef struct gjob {
+  rt_model *m;
+  size_t n, ntiles;
+  const float *x, *ctx;
+  size_t ctx_rows;
+} gjob;
+
+static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile) {
+  rt_model *m = j->m;
+  const rt_desc *d = m->d;
+  size_t T = (size_t)d->tile, row0 = tile * T, D = (size_t)d->dim, C = (size_t)d->context;
+  size_t nr = j->n - row0 < T ? j->n - row0 : T;
+  const float *ctx = NULL;
+  if (C && j->ctx_rows == j->n) {
+    ctx = j->ctx + row0 * C;
+  } else if (C) {                          /* one row for all */
+    for (size_t r = 0; r < nr; r++) memcpy(b->ctxbuf + r * C, j->ctx, C * sizeof(float));
+    ctx = b->ctxbuf;
+  }
+  void **a = b->targs;
+  a[0] = (void *)(j->x + row0 * D);
+  a[1] = (void *)ctx;
+  a[2] = b->lpbuf;
+  a[3] = NULL;
+  rt_train_buf *tb = &m->tb;
+  float *f = tb->block[chunk];
+  double *g = tb->dblock[chunk];
+  memset(f, 0, tb->block_floats * sizeof(float));
+  m->train((void *const *)a, (int64_t)nr);
+  for (size_t k = 0; k < tb->block_floats; k++) g[k] += (double)f[k];
+  double s = 0;
+  for (size_t r = 0; r < nr; r++) s -= (double)b->lpbuf[r];
+  tb->closs[chunk] += s;
+}
+
+static void grad_chunk(void *arg, int tid, long item) {
+  const gjob *j = arg;
+  rt_model *m = j->m;
+  rt_train_buf *tb = &m->tb;
+  rt_tls *b = &m->tls[tid];
+  size_t P = (size_t)m->d->nparams, Q = (size_t)m->d->train.nprep;
+  size_t c = (size_t)item, nc = (size_t)tb->nchunks;
+  memset(tb->dblock[c], 0, tb->block_floats * sizeof(double));
+  tb->closs[c] = 0;
+  for (size_t s = 0; s < P + Q; s++) b->targs[5 + P + Q + s] = tb->slot[c][s];
+  size_t t0 = c * j->ntiles / nc, t1 = (c + 1) * j->ntiles / nc;
+  for (size_t t = t0; t < t1; t++) grad_tile(j, b, (int)c, t);
+}
+
+/* Sums the chunks in order into gsum; returns the summed -log p. */
+static double sum_chunks(rt_model *m) {
+  rt_train_buf *tb = &m->tb;
+  int S = m->d->nparams + m->d->train.nprep, P = m->d->nparams;
+  double loss = 0;
+  for (int c = 0; c < tb->nchunks; c++) {
+    loss += tb->closs[c];
+    for (int s = 0; s < S; s++) {
+      double *g = s < P ? tb->gp[s] : tb->gq[s - P];
+      const double *f = tb->dblock[c] + tb->off[s];
+      size_t len = slot_len(m, s);
+      if (!g) continue;
+      if (c == 0) memcpy(g, f, len * sizeof(double));
+      else for (size_t k = 0; k < len; k++) g[k] += f[k];
+    }
+  }
+  return loss;
+}
+
+int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_t ctx_rows,
+                  double *loss, float *const *grads) {
+  if (!m || !m->train || !loss) return RT_EINVAL;
+  const rt_desc *d = m->d;
+  if (n == 0 || !x) return RT_EINVAL;
+  if (d->context > 0) {
+    if (!ctx || !(ctx_rows == 1 || ctx_rows == n)) return RT_EINVAL;
+  } else if (ctx) {
+    return RT_EINVAL;
+  }
+  if (n > SIZE_MAX / 64 / (size_t)d->dim) return RT_EINVAL;
+  size_t T = (size_t)d->tile;
+  gjob j = { m, n, (n + T - 1) / T, x, ctx, ctx_rows };
+  rt_pool_run(m->pool, m->tb.nchunks, grad_chunk, &j);
+  double total = sum_chunks(m);
+  rt_prep_backward(d, &d->train, m->params, (const double *const *)m->vals[RT_TRAIN_PREP],
+                   m->tb.gq, m->tb.gp, m->tb.work);
+  double inv = 1.0 / (double)n;
+  *loss = total * inv;
+  int bad = !isfinite(*loss);
+  for (int i = 0; i < d->nparams; i++) {
+    const double *g = m->tb.gp[i];
+    if (!g) continue;
+    size_t len = rt_param_numel(&d->params[i]);
+    float *out = grads ? grads[i] : NULL;
+    for (size_t k = 0; k < len; k++) {
+      double v = g[k] * inv;
+      if (!isfinite(v) || !isfinite((float)v)) bad = 1;
+      if (out) out[k] = (float)v;
+    }
+  }
+  return bad ? RT_ENUMERIC : RT_OK;
+}
