@@ -70,7 +70,14 @@ const cg_extern_sym *cg_extern_syms(int *n) {
 /* ---- setup ---- */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+#include <llvm-c/Support.h>
 static void do_init(void) {
+  if (getenv("CG_LLVMOPTS")) { /* TEMP */
+    const char *av[8] = {"flowc"}; int n = 1;
+    char *o = strdup(getenv("CG_LLVMOPTS"));
+    for (char *t = strtok(o, " "); t && n < 8; t = strtok(NULL, " ")) av[n++] = t;
+    LLVMParseCommandLineOptions(n, av, NULL);
+  }
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
