@@ -1024,6 +1024,29 @@ static int emit_output(E *e, int k) {
   return 0;
 }
 
+/* May slice node i read its argument in place rather than copy it? Yes
+** when no node up to the slice's last use writes into the argument's
+** buffer, and no user is a linear layer (whose gemm path wants contiguous
+** rows). Fewer loops: less to compile and less memory traffic. */
+static int view_ok(E *e, const ir_graph *g, int i, const int *last) {
+  const ir_node *x = g->nodes[i], *a = x->args[0];
+  if (!a->batch || x->i0 < 0 || x->i0 + x->n > a->n) return 0;
+  const nval *va = &e->v[a->id];
+  for (int k = i + 1; k <= last[i] && k < g->nnodes; k++) {
+    const ir_node *y = g->nodes[k];
+    if (y->op == IR_LINEAR || y->op == IR_LINEAR_T)
+      for (int j = 0; j < y->nargs; j++)
+        if (y->args[j] == x) return 0;
+    if (y->batch && y->op != IR_INPUT && y->offset >= 0) {
+      nval t = {0};
+      t.lo = y->offset;
+      t.hi = y->offset + y->n;
+      if (overlaps(&t, va)) return 0;
+    }
+  }
+  return 1;
+}
+
 static void add_fn_attr(E *e, const char *k, const char *v) {
   LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex,
                           LLVMCreateStringAttribute(e->C, k, (unsigned)strlen(k), v,
@@ -1086,13 +1109,21 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
 
   /* liveness: what the outputs depend on */
   char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
+  int *last = malloc(sizeof *last * (g->nnodes ? g->nnodes : 1));
   e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
   int rc = 0;
-  if (!live || !e->v) {
+  if (!live || !last || !e->v) {
     rc = fail(e->err, e->errlen, "codegen: out of memory");
     goto done;
   }
   for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
+  /* last use of each node (g->nnodes: an output) */
+  for (int i = 0; i < g->nnodes; i++) {
+    last[i] = i;
+    for (int k = 0; k < g->nodes[i]->nargs; k++)
+      if (g->nodes[i]->args[k]) last[g->nodes[i]->args[k]->id] = i;
+  }
+  for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = g->nnodes;
   int tmpn = 0;
   for (int i = 0; i < g->nnodes; i++)
     if (ir_is_sink(g->nodes[i]->op)) {
@@ -1140,7 +1171,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
       v->stride = x->n;
       continue;
     }
-    if (x->offset < 0) {
+    if (x->offset < 0 || (x->op == IR_SLICE && view_ok(e, g, i, last))) {
       if (x->op == IR_SLICE && x->args[0]->batch) { /* a view of its argument */
         nval *a = &e->v[x->args[0]->id];
         if (x->i0 < 0 || x->i0 + x->n > x->args[0]->n) {
@@ -1186,6 +1217,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   if (!rc) LLVMBuildRetVoid(e->B);
 done:
   free(live);
+  free(last);
   free(e->v);
   e->v = NULL;
   free(av);

@@ -12,6 +12,7 @@
 #include "ir.h"
 #include "modelgen.h"
 #include "passes.h"
+#include "testutil.h"
 
 typedef struct fixture {
   ir_arena *A;
@@ -42,26 +43,6 @@ static double *randn(mg_rng *r, long n, double s) {
   return v;
 }
 
-/* log|det| of a D x D matrix by Gaussian elimination with pivoting. */
-static double logabsdet(double *M, int D) {
-  double s = 0;
-  for (int c = 0; c < D; c++) {
-    int p = c;
-    for (int i = c + 1; i < D; i++)
-      if (fabs(M[i * D + c]) > fabs(M[p * D + c])) p = i;
-    for (int j = 0; j < D; j++) {
-      double t = M[c * D + j];
-      M[c * D + j] = M[p * D + j];
-      M[p * D + j] = t;
-    }
-    s += log(fabs(M[c * D + c]));
-    for (int i = c + 1; i < D; i++) {
-      double q = M[i * D + c] / M[c * D + c];
-      for (int j = c; j < D; j++) M[i * D + j] -= q * M[c * D + j];
-    }
-  }
-  return s;
-}
 
 /* Checks one random model at one random point. */
 static void check_model(mg_rng *r, int D, int C, int nl, const ir_layerkind *kinds) {
@@ -87,7 +68,7 @@ static void check_model(mg_rng *r, int D, int C, int nl, const ir_layerkind *kin
     run(&f, IR_ENTRY_ENCODE, 1, xm, c, zm, NULL);
     for (int i = 0; i < D; i++) J[i * D + j] = (zp[i] - zm[i]) / (2 * h);
   }
-  double fd = logabsdet(J, D);
+  double fd = tu_logabsdet(J, D);
   cr_assert(fabs(fd - lde) < 1e-4 * (1 + fabs(lde)), "log-det %g, finite differences %g", lde, fd);
   /* log p(x) = log N(z) + log|det dz/dx| */
   run(&f, IR_ENTRY_LOGPROB, 1, x, c, &lp, NULL);

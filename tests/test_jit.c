@@ -181,26 +181,6 @@ Test(jit, round_trip_and_threads) {
   }
 }
 
-/* log|det| of a D x D matrix by Gaussian elimination with pivoting. */
-static double logabsdet(double *M, int D) {
-  double s = 0;
-  for (int c = 0; c < D; c++) {
-    int p = c;
-    for (int i = c + 1; i < D; i++)
-      if (fabs(M[i * D + c]) > fabs(M[p * D + c])) p = i;
-    for (int j = 0; j < D; j++) {
-      double t = M[c * D + j];
-      M[c * D + j] = M[p * D + j];
-      M[p * D + j] = t;
-    }
-    s += log(fabs(M[c * D + c]));
-    for (int i = c + 1; i < D; i++) {
-      double q = M[i * D + c] / M[c * D + c];
-      for (int j = c; j < D; j++) M[i * D + j] -= q * M[c * D + j];
-    }
-  }
-  return s;
-}
 
 /* The compiled encode's log-det against central differences of the
 ** compiled map itself (float32: steps of 1e-2), and log_prob against the
@@ -226,7 +206,7 @@ Test(jit, logdet_of_the_compiled_map) {
       rt_model_encode(c.m, 1, xm, cp, 1, zm, NULL);
       for (int i = 0; i < D; i++) J[i * D + j] = ((double)zp[i] - zm[i]) / ((double)xp[j] - xm[j]);
     }
-    double fd = logabsdet(J, D);
+    double fd = tu_logabsdet(J, D);
     cr_assert(fabs(fd - ld) < 2e-2 * fmax(1, fabs(ld)), "seed %llu: log-det %g, differences %g",
               (unsigned long long)seed, ld, fd);
     cr_assert_eq(rt_model_log_prob(c.m, 1, x, cp, 1, &lp), 0);

@@ -59,3 +59,23 @@ double tu_max_rel_err(const float *a, const float *b, size_t n) {
   }
   return m;
 }
+
+double tu_logabsdet(double *M, int D) {
+  double s = 0;
+  for (int c = 0; c < D; c++) {
+    int p = c;
+    for (int i = c + 1; i < D; i++)
+      if (fabs(M[i * D + c]) > fabs(M[p * D + c])) p = i;
+    for (int j = 0; j < D; j++) {
+      double t = M[c * D + j];
+      M[c * D + j] = M[p * D + j];
+      M[p * D + j] = t;
+    }
+    s += log(fabs(M[c * D + c]));
+    for (int i = c + 1; i < D; i++) {
+      double q = M[i * D + c] / M[c * D + c];
+      for (int j = c; j < D; j++) M[i * D + j] -= q * M[c * D + j];
+    }
+  }
+  return s;
+}

@@ -14,4 +14,8 @@ const char *tu_tmpdir(void);
 /* Max |a-b| / max(1, |b|) over n values. */
 double tu_max_rel_err(const float *a, const float *b, size_t n);
 
+/* log|det M| of a D x D row-major matrix (destroyed), by elimination
+** with partial pivoting. */
+double tu_logabsdet(double *M, int D);
+
 #endif
