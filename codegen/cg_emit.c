@@ -70,14 +70,7 @@ const cg_extern_sym *cg_extern_syms(int *n) {
 /* ---- setup ---- */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-#include <llvm-c/Support.h>
 static void do_init(void) {
-  if (getenv("CG_LLVMOPTS")) { /* TEMP */
-    const char *av[8] = {"flowc"}; int n = 1;
-    char *o = strdup(getenv("CG_LLVMOPTS"));
-    for (char *t = strtok(o, " "); t && n < 8; t = strtok(NULL, " ")) av[n++] = t;
-    LLVMParseCommandLineOptions(n, av, NULL);
-  }
   LLVMInitializeNativeTarget();
   LLVMInitializeNativeAsmPrinter();
   LLVMInitializeNativeAsmParser();
@@ -115,7 +108,6 @@ LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen) {
     fail(err, errlen, "no LLVM target for %s: %s", triple, msg ? msg : "?");
     LLVMDisposeMessage(msg);
   } else {
-    if (getenv("CG_CGL")) opt = atoi(getenv("CG_CGL")); /* TEMP */
     LLVMCodeGenOptLevel lvl = opt <= 0 ? LLVMCodeGenLevelNone
                             : opt == 1 ? LLVMCodeGenLevelLess
                             : opt == 2 ? LLVMCodeGenLevelDefault
@@ -1296,8 +1288,7 @@ int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err, si
   LLVMPassBuilderOptionsSetSLPVectorization(o, opt >= 2);
   LLVMPassBuilderOptionsSetLoopInterleaving(o, opt >= 3);
   LLVMPassBuilderOptionsSetLoopUnrolling(o, opt >= 3);
-  const char *pl = getenv("CG_PIPE") ? getenv("CG_PIPE") : pipeline; /* TEMP */
-  LLVMErrorRef e = LLVMRunPasses(M, pl, tm, o);
+  LLVMErrorRef e = LLVMRunPasses(M, pipeline, tm, o);
   LLVMDisposePassBuilderOptions(o);
   if (e) return cg_llvm_error(e, "LLVM optimisation", err, errlen);
   return 0;

@@ -253,19 +253,66 @@ static double now_s(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/*
+** --op train: flowc train's optimiser step (drv_train_step: gradient, Adam
+** at --lr, default 1e-3, parameters back into the model) on batches of B
+** rows cycling through 16 * B rows drawn from the model (-w, or fresh
+** weights: then N(0, 1)), zero context; three warm-up steps, then at least
+** 1 s and 5 steps.
+*/
+static int bench_train(const drv_opts *o, drv_session *s, rt_weights *w, long B, double tc) {
+  long D = s->model->dim, C = s->model->context, pool = 16;
+  rt_optim_cfg cfg = {o->lr > 0 ? o->lr : 1e-3, 0.9, 0.999, 1e-8, 0, 0, 0, RT_SCHED_CONSTANT, 1L << 40, 0};
+  rt_optim *opt = rt_optim_new(s->desc, &cfg);
+  float *x = calloc((size_t)(pool * B * D), sizeof *x), *c = calloc((size_t)(B * C + 1), sizeof *c);
+  float **grads = calloc((size_t)w->n + 1, sizeof *grads);
+  for (int i = 0; i < w->n; i++) {
+    const rt_param_desc *pd = &s->desc->params[i];
+    if (pd->dtype == RT_F32)
+      grads[i] = malloc(((size_t)pd->shape[0] * (pd->ndim == 2 ? (size_t)pd->shape[1] : 1) + 1) * sizeof(float));
+  }
+  int rc = opt ? 0 : drv_fail("out of memory");
+  if (!rc && rt_model_sample(s->rt, (size_t)(pool * B), 1, C ? c : NULL, 1, x, NULL))
+    rc = drv_fail("sampling the training rows failed");
+  rt_model_set_train(s->rt, cg_jit_train(s->jit));
+  long iters = 0;
+  double start = 0, el = 0, loss = 0;
+  for (long k = 0; !rc && (el < 1.0 || iters < 5); k++) {
+    if (k == 3) { start = now_s(); iters = 0; }   /* three warm-up steps */
+    int bad = drv_train_step(s->rt, opt, w, B, x + (k % pool) * B * D, C ? c : NULL, grads, &loss);
+    if (bad) rc = drv_fail("training step %ld failed (%s)", k + 1, bad == 1 ? "loss not finite" : "error");
+    iters++;
+    if (k >= 3) el = now_s() - start;
+  }
+  if (!rc)
+    printf("%s train batch %ld: %.4g samples/s, %.4g us per step (compile %.1f ms)\n", s->model->name,
+           B, (double)B * iters / el, 1e6 * el / iters, 1e3 * tc);
+  for (int i = 0; i < w->n; i++) free(grads[i]);
+  free(grads); free(x); free(c);
+  rt_optim_free(opt);
+  return rc;
+}
+
 int cmd_bench(const drv_opts *o) {
   const char *op = o->op ? o->op : "logprob";
-  if (strcmp(op, "logprob") && strcmp(op, "sample"))
-    return fprintf(stderr, "flowc: bench --op logprob|sample\n"), EXIT_USAGE;
+  if (strcmp(op, "logprob") && strcmp(op, "sample") && strcmp(op, "train"))
+    return fprintf(stderr, "flowc: bench --op logprob|sample|train\n"), EXIT_USAGE;
+  int train = !strcmp(op, "train");
   drv_session s = {0};
   double t0 = now_s();
-  int rc = drv_compile(&s, o);
+  int rc = drv_lower(&s, o);
+  if (!rc && train) pass_autodiff(s.prog);
+  if (!rc) rc = drv_compile_lowered(&s, o);
   double tc = now_s() - t0;
   rt_weights w = {0};
   char err[1024];
   if (!rc && !o->weights && rt_weights_init(s.desc, 0, &w, err, sizeof err)) rc = drv_fail("%s", err);
-  if (!rc) rc = drv_open(&s, o, o->weights ? NULL : &w);
-  if (!rc) {
+  if (!rc && train && o->weights && rt_weights_load(s.desc, o->weights, &w, err, sizeof err))
+    rc = drv_fail("%s", err);
+  if (!rc) rc = drv_open(&s, o, w.data ? &w : NULL);
+  if (!rc && train) {
+    rc = bench_train(o, &s, &w, o->batch > 0 ? o->batch : 256, tc);
+  } else if (!rc) {
     long B = o->batch > 0 ? o->batch : 1024, D = s.model->dim, C = s.model->context;
     float *x = calloc((size_t)(B * D), sizeof *x), *lp = calloc((size_t)B, sizeof *lp);
     float *c = calloc((size_t)(C + 1), sizeof *c);

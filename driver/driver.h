@@ -59,6 +59,12 @@ void drv_close(drv_session *s);
 int drv_load_rows(const char *path, long cols, const char *what, rt_array *a);
 int drv_load_context(const drv_opts *o, const ir_model *m, long n, rt_array *c);
 
+/* One optimiser step of flowc train on B rows x (and B context rows c, or
+** NULL): gradient, Adam step on w, parameters back into rt. 0; 1 when the
+** loss or a gradient is not finite (w unchanged); 2 on another failure. */
+int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const float *x,
+                   const float *c, float *const *grads, double *loss);
+
 int cmd_check(const drv_opts *o);
 int cmd_init(const drv_opts *o);
 int cmd_run(const drv_opts *o);      /* logprob, encode, decode */

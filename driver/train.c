@@ -296,16 +296,22 @@ static int evaluate(trainer *t, long s, double loss) {
   return t->o->patience > 0 && ++t->st.since_best >= t->o->patience;
 }
 
+/* One optimiser step on B rows (see driver.h; bench --op train uses it too). */
+int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const float *x,
+                   const float *c, float *const *grads, double *loss) {
+  char err[512];
+  int rc = rt_model_grad(rt, (size_t)B, x, c, (size_t)B, loss, grads);
+  double gnorm;
+  if (rc == RT_ENUMERIC || (!rc && rt_optim_step(opt, w, grads, &gnorm) == RT_ENUMERIC))
+    return 1;
+  if (rc || rt_model_set_params(rt, w, err, sizeof err)) return 2;
+  return 0;
+}
+
 /* One optimiser step; 1 when the loss or a gradient is not finite. */
 static int step(trainer *t, long s, double *loss) {
-  char err[512];
   make_batch(t, s);
-  int rc = rt_model_grad(t->s.rt, (size_t)t->B, t->xb, t->C ? t->cb : NULL, (size_t)t->B, loss, t->grads);
-  double gnorm;
-  if (rc == RT_ENUMERIC || (!rc && rt_optim_step(t->opt, &t->w, t->grads, &gnorm) == RT_ENUMERIC))
-    return 1;
-  if (rc || rt_model_set_params(t->s.rt, &t->w, err, sizeof err)) return 2;
-  return 0;
+  return drv_train_step(t->s.rt, t->opt, &t->w, t->B, t->xb, t->C ? t->cb : NULL, t->grads, loss);
 }
 
 static void summary(trainer *t, long done) {
