@@ -32,10 +32,24 @@ int cg_tile(const ir_program *p);
 rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen);
 rt_desc *cg_desc(const ir_program *p);
 
-/* JIT-compiles the 5 entries in process; kernels valid until cg_jit_free.
-** opt 0..3 = LLVM pipeline level (default<O0..O3>). NULL with err set. */
+/* Kernel selection masks for cg_jit_new_entries: bit e (rt entry order)
+** for entry e, CG_TRAIN_BIT for the gradient kernel. */
+#define CG_TRAIN_BIT 5
+#define CG_ENTRY(e) (1u << (e))
+#define CG_TRAIN_MASK (1u << CG_TRAIN_BIT)
+#define CG_ALL_KERNELS (((1u << RT_NENTRY) - 1u) | CG_TRAIN_MASK)
+
+/* JIT-compiles the 5 entries (and the gradient kernel when p->train) in
+** process; kernels valid until cg_jit_free. opt 0..3 = LLVM pipeline level
+** (default<O0..O3>). NULL with err set. */
 cg_jit *cg_jit_new(const ir_program *p, int opt, char *err, size_t errlen);
-/* The kernels in rt entry order; NULL for an entry the program lacks. */
+/* The same for the kernels of mask only (bits the program lacks are
+** ignored); the others are NULL, so cost nothing. Each kernel is its own
+** LLVM module, optimised and compiled on up to one thread per kernel. */
+cg_jit *cg_jit_new_entries(const ir_program *p, int opt, unsigned mask, char *err,
+                           size_t errlen);
+/* The kernels in rt entry order; NULL for an entry the program lacks or
+** the mask left out. */
 void cg_jit_kernels(const cg_jit *j, rt_kernel out[RT_NENTRY]);
 /* The gradient kernel flowc_<model>_train (rt.h's training ABI) compiled
 ** from p->train; NULL when the program has no train graph. */

@@ -7,24 +7,11 @@
 ** earlier prep node (nparams + its prep index).
 */
 #define _GNU_SOURCE
-#include "cg.h"
+#include "cg_internal.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return -1;
-}
 
 static int prep_op(ir_op op, rt_prep_op *out) {
   switch (op) {
@@ -37,6 +24,7 @@ static int prep_op(ir_op op, rt_prep_op *out) {
   case IR_CONST: *out = RT_PREP_CONST; return 0;
   case IR_LU_W: *out = RT_PREP_LU_W; return 0;
   case IR_LU_WINV: *out = RT_PREP_LU_WINV; return 0;
+  case IR_MADE_MASK: *out = RT_PREP_MADE_MASK; return 0;
   default: return -1;
   }
 }
@@ -53,7 +41,7 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
   char *seen = calloc((size_t)g->nprep, 1);
   if (!d->prep || !seen) {
     free(seen);
-    return fail(err, errlen, "out of memory");
+    return cg_fail(err, errlen, "out of memory");
   }
   int rc = 0;
   for (int i = 0; i < g->nnodes && !rc; i++) {
@@ -61,14 +49,14 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
     if (x->batch || x->op == IR_PARAM || x->prep < 0) continue;
     const char *en = ent < RT_NENTRY ? ir_entry_name((ir_entry)ent) : "train";
     if (x->prep >= g->nprep || seen[x->prep]) {
-      rc = fail(err, errlen, "%s: node %d has prep index %d (program of %d)", en, x->id,
+      rc = cg_fail(err, errlen, "%s: node %d has prep index %d (program of %d)", en, x->id,
                 x->prep, g->nprep);
       break;
     }
     seen[x->prep] = 1;
     rt_prep *r = &d->prep[x->prep];
     if (prep_op(x->op, &r->op)) {
-      rc = fail(err, errlen, "%s: parameter-only %s (node %d) cannot be precomputed", en,
+      rc = cg_fail(err, errlen, "%s: parameter-only %s (node %d) cannot be precomputed", en,
                 ir_op_name(x->op), x->id);
       break;
     }
@@ -76,22 +64,28 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
     r->rows = x->rows;
     r->n = x->n;
     r->f = x->op == IR_CONST ? x->f0 : 0;
+    if (x->op == IR_MADE_MASK) {
+      r->iargs[0] = x->i0;    /* kind, D, C, outputs per dim: see rt_made.h */
+      r->iargs[1] = x->i1;
+      r->iargs[2] = x->i2;
+      r->iargs[3] = (int)x->f0;
+    }
     for (int k = 0; k < x->nargs; k++) {
       const ir_node *a = x->args[k];
       if (a->batch) {
-        rc = fail(err, errlen, "%s: parameter-only node %d has a batch argument", en, x->id);
+        rc = cg_fail(err, errlen, "%s: parameter-only node %d has a batch argument", en, x->id);
         break;
       }
       if (a->op == IR_PARAM) {
         if (a->i0 < 0 || a->i0 >= p->nparams) {
-          rc = fail(err, errlen, "%s: parameter index %d out of range", en, a->i0);
+          rc = cg_fail(err, errlen, "%s: parameter index %d out of range", en, a->i0);
           break;
         }
         r->args[k] = a->i0;
       } else if (a->prep >= 0 && a->prep < x->prep) {
         r->args[k] = p->nparams + a->prep;
       } else {
-        rc = fail(err, errlen, "%s: prep node %d uses node %d with prep index %d", en, x->id,
+        rc = cg_fail(err, errlen, "%s: prep node %d uses node %d with prep index %d", en, x->id,
                   a->id, a->prep);
         break;
       }
@@ -99,7 +93,7 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
   }
   for (int q = 0; q < g->nprep && !rc; q++)
     if (!seen[q])
-      rc = fail(err, errlen, "%s: prep index %d has no node",
+      rc = cg_fail(err, errlen, "%s: prep index %d has no node",
                 ent < RT_NENTRY ? ir_entry_name((ir_entry)ent) : "train", q);
   free(seen);
   return rc;
@@ -108,7 +102,7 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
 rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
   rt_desc *d = calloc(1, sizeof *d);
   if (!d) {
-    fail(err, errlen, "out of memory");
+    cg_fail(err, errlen, "out of memory");
     return NULL;
   }
   const ir_model *m = p->model;
@@ -155,7 +149,7 @@ rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
   }
   return d;
 oom:
-  fail(err, errlen, "out of memory");
+  cg_fail(err, errlen, "out of memory");
   rt_desc_free(d);
   return NULL;
 }

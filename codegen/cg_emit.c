@@ -19,17 +19,11 @@
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/DebugInfo.h>
-#include <llvm-c/Transforms/PassBuilder.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *const entry_names[RT_NENTRY + 1] = {
-  "encode", "encode_ld", "decode", "decode_ld", "log_prob", "train"
-};
 
 static const LLVMFastMathFlags FMF =
     LLVMFastMathAllowReassoc | LLVMFastMathAllowContract | LLVMFastMathNoSignedZeros;
@@ -42,6 +36,8 @@ static const cg_extern_sym externs[] = {
   {"rt_k_rqs_grad", (void *)rt_k_rqs_grad},
   {"rt_k_rqs_inv_grad", (void *)rt_k_rqs_inv_grad},
   {"rt_k_gemm", (void *)rt_k_gemm},
+  {"rt_k_gemm_nn", (void *)rt_k_gemm_nn},
+  {"rt_k_gemm_tn_acc", (void *)rt_k_gemm_tn_acc},
   {"expf", (void *)expf},
   {"expm1f", (void *)expm1f},
   {"logf", (void *)logf},
@@ -67,65 +63,7 @@ const cg_extern_sym *cg_extern_syms(int *n) {
   return externs;
 }
 
-/* ---- setup ---- */
-
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static void do_init(void) {
-  LLVMInitializeNativeTarget();
-  LLVMInitializeNativeAsmPrinter();
-  LLVMInitializeNativeAsmParser();
-}
-void cg_llvm_init(void) { pthread_once(&init_once, do_init); }
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return -1;
-}
-
-int cg_llvm_error(LLVMErrorRef e, const char *what, char *err, size_t errlen) {
-  char *m = LLVMGetErrorMessage(e);
-  fail(err, errlen, "%s: %s", what, m);
-  LLVMDisposeErrorMessage(m);
-  return -1;
-}
-
-LLVMTargetMachineRef cg_host_tm(int opt, char *err, size_t errlen) {
-  cg_llvm_init();
-  char *triple = LLVMGetDefaultTargetTriple();
-  char *cpu = LLVMGetHostCPUName();
-  char *feat = LLVMGetHostCPUFeatures();
-  LLVMTargetRef T;
-  char *msg = NULL;
-  LLVMTargetMachineRef tm = NULL;
-  if (LLVMGetTargetFromTriple(triple, &T, &msg)) {
-    fail(err, errlen, "no LLVM target for %s: %s", triple, msg ? msg : "?");
-    LLVMDisposeMessage(msg);
-  } else {
-    LLVMCodeGenOptLevel lvl = opt <= 0 ? LLVMCodeGenLevelNone
-                            : opt == 1 ? LLVMCodeGenLevelLess
-                            : opt == 2 ? LLVMCodeGenLevelDefault
-                                       : LLVMCodeGenLevelAggressive;
-    tm = LLVMCreateTargetMachine(T, triple, cpu, feat, lvl, LLVMRelocPIC,
-                                 LLVMCodeModelDefault);
-    if (!tm) fail(err, errlen, "cannot create a target machine for %s", triple);
-  }
-  LLVMDisposeMessage(triple);
-  LLVMDisposeMessage(cpu);
-  LLVMDisposeMessage(feat);
-  return tm;
-}
-
-void cg_kernel_name(const ir_program *p, int e, char *buf, size_t len) {
-  const char *m = p->model && p->model->name ? p->model->name : "model";
-  snprintf(buf, len, "flowc_%s_%s", m, entry_names[e]);
-}
+/* ---- tile ---- */
 
 int cg_tile(const ir_program *p) {
   long s = 1;
@@ -433,7 +371,7 @@ static int efail(E *e, const ir_node *x, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  return fail(e->err, e->errlen, "codegen: node %d (%s): %s", x ? x->id : -1,
+  return cg_fail(e->err, e->errlen, "codegen: node %d (%s): %s", x ? x->id : -1,
               x ? ir_op_name(x->op) : "?", msg);
 }
 
@@ -551,6 +489,40 @@ static int check_disjoint(E *e, const ir_node *x) {
   return 0;
 }
 
+/* Does a product of an m x n weight with batch operands a and b (NULL:
+** none) go to BLAS when a call has CG_GEMM_MIN_ROWS rows? When it is wide
+** and the operands' rows are contiguous. */
+static int is_gemm(E *e, int m, int n, const ir_node *a, const ir_node *b) {
+  return (long)m * n >= CG_GEMM_MIN_SIZE && e->v[a->id].stride == a->n &&
+         (!b || e->v[b->id].stride == b->n);
+}
+
+/* if (nrows >= CG_GEMM_MIN_ROWS) fn(args...); else: leaves the builder in
+** the else branch, for the inline loops, and returns the join block that
+** gemm_join closes the branch with. fn returns void; its parameter types
+** are those of args. */
+static LLVMBasicBlockRef gemm_call(E *e, const char *fn, LLVMValueRef *args, int nargs) {
+  LLVMBasicBlockRef big = LLVMAppendBasicBlockInContext(e->C, e->fn, "gemm");
+  LLVMBasicBlockRef small = LLVMAppendBasicBlockInContext(e->C, e->fn, "loops");
+  LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
+  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, CG_GEMM_MIN_ROWS), ""),
+                  big, small);
+  LLVMPositionBuilderAtEnd(e->B, big);
+  LLVMTypeRef pt[8];
+  for (int i = 0; i < nargs; i++) pt[i] = LLVMTypeOf(args[i]);
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, (unsigned)nargs, 0);
+  LLVMBuildCall2(e->B, ty, ext_fn(e, fn, ty, 0), args, (unsigned)nargs, "");
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, small);
+  return join;
+}
+
+static void gemm_join(E *e, LLVMBasicBlockRef join) {
+  if (!join) return;
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, join);
+}
+
 static void emit_linear_inline(E *e, const ir_node *x, const ir_node *in, LLVMValueRef W,
                                const ir_node *b) {
   int ni = in->n, no = x->n;
@@ -588,29 +560,12 @@ static int emit_linear(E *e, const ir_node *x) {
   LLVMValueRef W = pptr(e, Wn);
   if (!W) return -1;
   if (x->n == 0) return 0;
-  int gemm = (long)in->n * x->n >= CG_GEMM_MIN_SIZE && e->v[in->id].stride == in->n &&
-             (!b || (b->op != IR_CONST && b->n == x->n));
-  if (!gemm) {
-    emit_linear_inline(e, x, in, W, b);
-    return 0;
-  }
-  LLVMBasicBlockRef big = LLVMAppendBasicBlockInContext(e->C, e->fn, "gemm");
-  LLVMBasicBlockRef small = LLVMAppendBasicBlockInContext(e->C, e->fn, "dot");
-  LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
-  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, CG_GEMM_MIN_ROWS), ""),
-                  big, small);
-  LLVMPositionBuilderAtEnd(e->B, big);
-  LLVMTypeRef pt[7] = {e->i64, e->i64, e->i64, e->ptr, e->ptr, e->ptr, e->ptr};
-  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 7, 0);
-  LLVMValueRef f = ext_fn(e, "rt_k_gemm", ty, 0);
+  int gemm = is_gemm(e, in->n, x->n, in, NULL) && (!b || (b->op != IR_CONST && b->n == x->n));
   LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
                         b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
-  LLVMBuildCall2(e->B, ty, f, av, 7, "");
-  LLVMBuildBr(e->B, join);
-  LLVMPositionBuilderAtEnd(e->B, small);
+  LLVMBasicBlockRef join = gemm ? gemm_call(e, "rt_k_gemm", av, 7) : NULL;
   emit_linear_inline(e, x, in, W, b);
-  LLVMBuildBr(e->B, join);
-  LLVMPositionBuilderAtEnd(e->B, join);
+  gemm_join(e, join);
   return 0;
 }
 
@@ -772,6 +727,11 @@ static int emit_linear_t(E *e, const ir_node *x) {
   if (!W) return -1;
   int ni = x->n, no = dy->n;
   if (ni == 0) return 0;
+  LLVMBasicBlockRef join = NULL;
+  if (is_gemm(e, ni, no, dy, NULL)) {
+    LLVMValueRef av[6] = {e->nrows, ci(e, ni), ci(e, no), e->v[dy->id].ptr, W, e->v[x->id].ptr};
+    join = gemm_call(e, "rt_k_gemm_nn", av, 6);
+  }
   loop R, I, J;
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &I, ci(e, ni));
@@ -790,6 +750,7 @@ static int emit_linear_t(E *e, const ir_node *x) {
     loop_end(e, &J);
   }
   loop_end(e, &R);
+  gemm_join(e, join);
   return 0;
 }
 
@@ -929,6 +890,11 @@ static int emit_sink(E *e, const ir_node *x) {
     int no = a->n, ni = in->n;
     if (tn != (long)no * ni) return efail(e, x, "target [%d, %d] for %d x %d", t->rows, t->n, no, ni);
     if (no == 0 || ni == 0) return 0;
+    LLVMBasicBlockRef join = NULL;
+    if (is_gemm(e, no, ni, a, in)) { /* g += dy^T x */
+      LLVMValueRef av[6] = {ci(e, no), ci(e, ni), e->nrows, e->v[a->id].ptr, e->v[in->id].ptr, g};
+      join = gemm_call(e, "rt_k_gemm_tn_acc", av, 6);
+    }
     /* per output row o: tmp = sum_r dy[r, o] x[r, :], then g[o, :] += tmp */
     loop O, R, I;
     loop_begin(e, &O, ci(e, no));
@@ -941,6 +907,7 @@ static int emit_sink(E *e, const ir_node *x) {
     loop_end(e, &R);
     add_tmp(e, gepf(e, g, imul(e, O.iv, ci(e, ni))), ni);
     loop_end(e, &O);
+    gemm_join(e, join);
     return 0;
   }
   const ir_node *b = x->nargs == 3 ? x->args[1] : NULL;
@@ -1049,13 +1016,13 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   const ir_graph *g = e->g;
   for (int i = 0; i < g->nnodes; i++)
     if (g->nodes[i]->id != i)
-      return fail(e->err, e->errlen, "codegen: %s graph not renumbered (node %d has id %d)",
-                  entry_names[ent], i, g->nodes[i]->id);
+      return cg_fail(e->err, e->errlen, "codegen: %s graph not renumbered (node %d has id %d)",
+                  cg_entry_name(ent), i, g->nodes[i]->id);
   if (g->nouts < 1 || g->nouts > 2)
-    return fail(e->err, e->errlen, "codegen: %s graph has %d outputs", entry_names[ent], g->nouts);
+    return cg_fail(e->err, e->errlen, "codegen: %s graph has %d outputs", cg_entry_name(ent), g->nouts);
   if (g->nprep < 0 || g->scratch < 0)
-    return fail(e->err, e->errlen, "codegen: %s graph has not been through pass_memplan",
-                entry_names[ent]);
+    return cg_fail(e->err, e->errlen, "codegen: %s graph has not been through pass_memplan",
+                cg_entry_name(ent));
 
   int train = ent == CG_TRAIN;
   char name[256];
@@ -1086,7 +1053,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   e->Q = g->nprep;
   int nargs = 4 + e->P + e->Q + 1 + (train ? e->P + e->Q : 0);
   LLVMValueRef *av = malloc(sizeof *av * nargs);
-  if (!av) return fail(e->err, e->errlen, "codegen: out of memory");
+  if (!av) return cg_fail(e->err, e->errlen, "codegen: out of memory");
   for (int k = 0; k < nargs; k++) {
     LLVMValueRef i = ci(e, k);
     LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, args, &i, 1, "");
@@ -1105,7 +1072,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
   int rc = 0;
   if (!live || !last || !e->v) {
-    rc = fail(e->err, e->errlen, "codegen: out of memory");
+    rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
     goto done;
   }
   for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
@@ -1221,8 +1188,8 @@ done:
 }
 
 int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm, int hidden,
-                   int train, char *err, size_t errlen) {
-  if (!p || !p->model) return fail(err, errlen, "codegen: no program");
+                   unsigned mask, char *err, size_t errlen) {
+  if (!p || !p->model) return cg_fail(err, errlen, "codegen: no program");
   E e = {0};
   e.C = LLVMGetModuleContext(M);
   e.M = M;
@@ -1249,14 +1216,9 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
   LLVMDisposeTargetData(td);
 
   int rc = 0;
-  for (int ent = 0; ent < RT_NENTRY && !rc; ent++) {
-    if (!p->entry[ent]) continue;
-    e.g = p->entry[ent];
-    rc = emit_kernel(&e, ent, hidden, cpu, feat);
-  }
-  if (!rc && train && p->train) {
-    e.g = p->train;
-    rc = emit_kernel(&e, CG_TRAIN, hidden, cpu, feat);
+  for (int ent = 0; ent <= CG_TRAIN && !rc; ent++) {
+    e.g = ent == CG_TRAIN ? p->train : p->entry[ent];
+    if (e.g && (mask & (1u << ent))) rc = emit_kernel(&e, ent, hidden, cpu, feat);
   }
   LLVMDisposeBuilder(e.B);
   LLVMDisposeMessage(triple);
@@ -1266,50 +1228,10 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
 
   char *msg = NULL;
   if (LLVMVerifyModule(M, LLVMReturnStatusAction, &msg)) {
-    fail(err, errlen, "codegen: internal error, invalid LLVM module: %s", msg ? msg : "?");
+    cg_fail(err, errlen, "codegen: internal error, invalid LLVM module: %s", msg ? msg : "?");
     LLVMDisposeMessage(msg);
     return -1;
   }
   LLVMDisposeMessage(msg);
   return 0;
-}
-
-int cg_optimize(LLVMModuleRef M, LLVMTargetMachineRef tm, int opt, char *err, size_t errlen) {
-  if (opt < 0) opt = 0;
-  if (opt > 3) opt = 3;
-  char pipeline[32];
-  snprintf(pipeline, sizeof pipeline, "default<O%d>", opt);
-  LLVMPassBuilderOptionsRef o = LLVMCreatePassBuilderOptions();
-  /* Compile time matters as much as speed here (every command JITs): at
-     O2 LLVM's unroller and interleaving tripled compile time for no
-     measurable gain on flow models (their run time is in the libm calls
-     and the spline helper), so they are O3 only. */
-  LLVMPassBuilderOptionsSetLoopVectorization(o, opt >= 2);
-  LLVMPassBuilderOptionsSetSLPVectorization(o, opt >= 2);
-  LLVMPassBuilderOptionsSetLoopInterleaving(o, opt >= 3);
-  LLVMPassBuilderOptionsSetLoopUnrolling(o, opt >= 3);
-  LLVMErrorRef e = LLVMRunPasses(M, pipeline, tm, o);
-  LLVMDisposePassBuilderOptions(o);
-  if (e) return cg_llvm_error(e, "LLVM optimisation", err, errlen);
-  return 0;
-}
-
-int cg_dump_llvm(const ir_program *p, int opt, FILE *f, char *err, size_t errlen) {
-  LLVMTargetMachineRef tm = cg_host_tm(opt, err, errlen);
-  if (!tm) return -1;
-  LLVMContextRef C = LLVMContextCreate();
-  char mname[256];
-  snprintf(mname, sizeof mname, "flowc_%s", p && p->model && p->model->name ? p->model->name : "model");
-  LLVMModuleRef M = LLVMModuleCreateWithNameInContext(mname, C);
-  int rc = cg_emit_module(p, M, tm, 0, 1, err, errlen);
-  if (!rc) rc = cg_optimize(M, tm, opt, err, errlen);
-  if (!rc) {
-    char *s = LLVMPrintModuleToString(M);
-    if (fputs(s, f) < 0) rc = fail(err, errlen, "cannot write the LLVM IR");
-    LLVMDisposeMessage(s);
-  }
-  LLVMDisposeModule(M);
-  LLVMContextDispose(C);
-  LLVMDisposeTargetMachine(tm);
-  return rc;
 }

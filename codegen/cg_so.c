@@ -36,22 +36,6 @@ extern char **environ;
 #define FLOWC_SO_EXTRA ""
 #endif
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return -1;
-}
-
-static const char *const entry_names[RT_NENTRY] = {
-  "encode", "encode_ld", "decode", "decode_ld", "log_prob"
-};
-
 /* ---- generated C ---- */
 
 typedef struct sbuf { char *s; size_t n, cap; int oom; } sbuf;
@@ -139,10 +123,10 @@ static void gen_wrappers(sbuf *b, const ir_program *p, const char *N, size_t wle
   if (wlen) sb_printf(b, "extern const unsigned char flowc_%s_weights[];\n", N);
   for (int e = 0; e < RT_NENTRY; e++)
     if (p->entry[e])
-      sb_printf(b, "void flowc_%s_%s(void *const *args, int64_t nrows);\n", N, entry_names[e]);
+      sb_printf(b, "void flowc_%s_%s(void *const *args, int64_t nrows);\n", N, cg_entry_name(e));
   sb_printf(b, "\nstatic const rt_kernel kernels[5] = {");
   for (int e = 0; e < RT_NENTRY; e++) {
-    if (p->entry[e]) sb_printf(b, "%sflowc_%s_%s", e ? ", " : "", N, entry_names[e]);
+    if (p->entry[e]) sb_printf(b, "%sflowc_%s_%s", e ? ", " : "", N, cg_entry_name(e));
     else sb_printf(b, "%s0", e ? ", " : "");
   }
   sb_printf(b, "};\n\n");
@@ -180,12 +164,12 @@ static void gen_wrappers(sbuf *b, const ir_program *p, const char *N, size_t wle
 
 static int write_file(const char *path, const void *data, size_t n, char *err, size_t errlen) {
   FILE *f = fopen(path, "wb");
-  if (!f) return fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+  if (!f) return cg_fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
   int ok = fwrite(data, 1, n, f) == n;
   ok = (fclose(f) == 0) && ok;
   if (!ok) {
     unlink(path);
-    return fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    return cg_fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
   }
   return 0;
 }
@@ -227,8 +211,8 @@ static int valid_ident(const char *s) {
 int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
                 const char *so_path, char *err, size_t errlen) {
   if (!p || !p->model || !valid_ident(p->model->name))
-    return fail(err, errlen, "build: the model name is not a C identifier");
-  if (!FLOWC_RT_ARCHIVE[0]) return fail(err, errlen, "build: flowc was built without the runtime archive path");
+    return cg_fail(err, errlen, "build: the model name is not a C identifier");
+  if (!FLOWC_RT_ARCHIVE[0]) return cg_fail(err, errlen, "build: flowc was built without the runtime archive path");
   if (!weights) wlen = 0;
   const char *N = p->model->name;
   int rc = -1;
@@ -247,7 +231,7 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   d->has_train = 0; /* inference only: the object has no gradient kernel */
   desc_text = rt_desc_format(d);
   rt_desc_free(d);
-  if (!desc_text) return fail(err, errlen, "build: cannot format the descriptor");
+  if (!desc_text) return cg_fail(err, errlen, "build: cannot format the descriptor");
 
   /* the header path: NAME.h in the directory of so_path */
   const char *slash = strrchr(so_path, '/');
@@ -256,17 +240,15 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   if (asprintf(&so_tmp, "%s.tmp", so_path) < 0) so_tmp = NULL;
   if (hdr && asprintf(&hdr_final_tmp, "%s.tmp", hdr) < 0) hdr_final_tmp = NULL;
   if (!hdr || !so_tmp || !hdr_final_tmp) {
-    fail(err, errlen, "out of memory");
+    cg_fail(err, errlen, "out of memory");
     goto out;
   }
 
   tm = cg_host_tm(opt, err, errlen);
   if (!tm) goto out;
   C = LLVMContextCreate();
-  char mname[256];
-  snprintf(mname, sizeof mname, "flowc_%s", N);
-  M = LLVMModuleCreateWithNameInContext(mname, C);
-  if (cg_emit_module(p, M, tm, 1, 0, err, errlen)) goto out;
+  M = cg_module_new(p, C);
+  if (cg_emit_module(p, M, tm, 1, CG_ALL_KERNELS & ~CG_TRAIN_MASK, err, errlen)) goto out;
   char gname[300];
   snprintf(gname, sizeof gname, "flowc_%s_desc", N);
   add_global(M, gname, desc_text, strlen(desc_text), 1, 1);
@@ -277,18 +259,18 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   if (cg_optimize(M, tm, opt, err, errlen)) goto out;
 
   if (!mkdtemp(dir)) {
-    fail(err, errlen, "build: cannot make a temporary directory: %s", strerror(errno));
+    cg_fail(err, errlen, "build: cannot make a temporary directory: %s", strerror(errno));
     goto out;
   }
   have_dir = 1;
   if (asprintf(&obj, "%s/kernels.o", dir) < 0 || asprintf(&wrap, "%s/wrappers.c", dir) < 0 ||
       asprintf(&hdr_tmp, "%s/%s.h", dir, N) < 0 || asprintf(&log, "%s/cc.log", dir) < 0) {
-    fail(err, errlen, "out of memory");
+    cg_fail(err, errlen, "out of memory");
     goto out;
   }
   char *msg = NULL;
   if (LLVMTargetMachineEmitToFile(tm, M, obj, LLVMObjectFile, &msg)) {
-    fail(err, errlen, "build: cannot emit the object file: %s", msg ? msg : "?");
+    cg_fail(err, errlen, "build: cannot emit the object file: %s", msg ? msg : "?");
     LLVMDisposeMessage(msg);
     goto out;
   }
@@ -297,7 +279,7 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   gen_header(&hb, N, p->model->dim, p->model->context);
   gen_wrappers(&wb, p, N, wlen);
   if (hb.oom || wb.oom) {
-    fail(err, errlen, "out of memory");
+    cg_fail(err, errlen, "out of memory");
     goto out;
   }
   if (write_file(hdr_tmp, hb.s, hb.n, err, errlen) || write_file(wrap, wb.s, wb.n, err, errlen))
@@ -338,8 +320,8 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
         fclose(f);
       }
       while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' ')) text[--n] = 0;
-      if (st < 0) fail(err, errlen, "build: cannot run cc: %s", strerror(errno));
-      else fail(err, errlen, "build: linking %s failed (cc exit %d)%s%s", so_path, st,
+      if (st < 0) cg_fail(err, errlen, "build: cannot run cc: %s", strerror(errno));
+      else cg_fail(err, errlen, "build: linking %s failed (cc exit %d)%s%s", so_path, st,
                 text && n ? ":\n" : "", text && n ? text : "");
       free(text);
       goto out;
@@ -348,12 +330,12 @@ int cg_build_so(const ir_program *p, int opt, const void *weights, size_t wlen,
   if (write_file(hdr_final_tmp, hb.s, hb.n, err, errlen)) goto out;
   hdr_written = 1;
   if (rename(so_tmp, so_path) != 0) {
-    fail(err, errlen, "build: cannot write %s: %s", so_path, strerror(errno));
+    cg_fail(err, errlen, "build: cannot write %s: %s", so_path, strerror(errno));
     goto out;
   }
   so_written = 0;
   if (rename(hdr_final_tmp, hdr) != 0) {
-    fail(err, errlen, "build: cannot write %s: %s", hdr, strerror(errno));
+    cg_fail(err, errlen, "build: cannot write %s: %s", hdr, strerror(errno));
     goto out;
   }
   hdr_written = 0;

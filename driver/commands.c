@@ -28,6 +28,13 @@ static void print_layer(int k, const ir_layer *L) {
     if (L->kind == LAYER_SPLINE_COUPLING) printf(", bins = %d, bound = %g", L->bins, L->bound);
     printf(")");
     break;
+  case LAYER_MAF: case LAYER_IAF:
+    printf("(net = made(hidden = [");
+    for (int j = 0; j < L->net.nhidden; j++) printf("%s%d", j ? ", " : "", L->net.hidden[j]);
+    printf("], act = %s), ", ir_act_name(L->net.act));
+    if (L->spline) printf("transform = spline(bins = %d, bound = %g))", L->bins, L->bound);
+    else printf("scale = %s)", scales[L->scale]);
+    break;
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) printf("(reverse)");
     else if (L->perm_kind == PERM_RANDOM) printf("(random, seed = %llu)", (unsigned long long)L->perm_seed);
@@ -146,6 +153,10 @@ int cmd_run(const drv_opts *o) {
     return fprintf(stderr, "flowc: %s needs --data X.npy and -o OUT.npy\n", o->cmd), EXIT_USAGE;
   drv_session s = {0};
   rt_array x = {0}, c = {0};
+  int ld = o->logdet != NULL;
+  s.entries = !strcmp(o->cmd, "logprob") ? CG_ENTRY(RT_LOGPROB)
+              : !strcmp(o->cmd, "encode") ? CG_ENTRY(ld ? RT_ENCODE_LD : RT_ENCODE)
+                                          : CG_ENTRY(ld ? RT_DECODE_LD : RT_DECODE);
   int rc = drv_compile(&s, o);
   if (!rc) rc = drv_load_rows(o->data, s.model->dim, "dim", &x);
   if (!rc) rc = drv_load_context(o, s.model, x.rows, &c);
@@ -164,6 +175,7 @@ int cmd_sample(const drv_opts *o) {
     return fprintf(stderr, "flowc: sample needs -n N and -o X.npy\n"), EXIT_USAGE;
   drv_session s = {0};
   rt_array c = {0};
+  s.entries = CG_ENTRY(o->logprob ? RT_DECODE_LD : RT_DECODE);
   int rc = drv_compile(&s, o);
   if (!rc) rc = drv_load_context(o, s.model, o->n, &c);
   if (!rc) rc = drv_open(&s, o, NULL);
@@ -299,6 +311,10 @@ int cmd_bench(const drv_opts *o) {
     return fprintf(stderr, "flowc: bench --op logprob|sample|train\n"), EXIT_USAGE;
   int train = !strcmp(op, "train");
   drv_session s = {0};
+  /* every op draws its rows with sample (decode); then log_prob or the
+     gradient kernel */
+  s.entries = CG_ENTRY(RT_DECODE) | (train ? CG_TRAIN_MASK
+                                     : !strcmp(op, "logprob") ? CG_ENTRY(RT_LOGPROB) : 0);
   double t0 = now_s();
   int rc = drv_lower(&s, o);
   if (!rc && train) pass_autodiff(s.prog);

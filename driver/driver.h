@@ -40,6 +40,7 @@ typedef struct drv_session {
   rt_desc *desc;
   cg_jit *jit;
   rt_model *rt;
+  unsigned entries;   /* the kernels drv_compile makes (cg_jit_new_entries); 0: all */
 } drv_session;
 
 /* Prints "flowc: MESSAGE" to stderr; returns EXIT_INPUT. */

@@ -51,7 +51,8 @@ int drv_compile_lowered(drv_session *s, const drv_opts *o) {
   char err[512];
   s->desc = cg_desc_err(s->prog, err, sizeof err);
   if (!s->desc) return drv_fail("%s: %s", o->flow, err);
-  s->jit = cg_jit_new(s->prog, o->opt, err, sizeof err);
+  s->jit = cg_jit_new_entries(s->prog, o->opt, s->entries ? s->entries : CG_ALL_KERNELS, err,
+                              sizeof err);
   return s->jit ? 0 : drv_fail("%s: %s", o->flow, err);
 }
 

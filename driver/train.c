@@ -226,6 +226,7 @@ static int setup(trainer *t) {
   t->D = t->s.model->dim;
   t->C = t->s.model->context;
   pass_autodiff(t->s.prog);
+  t->s.entries = CG_TRAIN_MASK | CG_ENTRY(RT_LOGPROB);   /* steps; validation */
   if ((rc = drv_compile_lowered(&t->s, o))) return rc;
   if ((rc = load_data(t))) return rc;
   t->B = o->batch > 0 ? o->batch : 256;

@@ -236,8 +236,16 @@ static const tmpl *find_tmpl(sema *S, const char *name) {
   return NULL;
 }
 
-/* `net = NAME` or `net = mlp(...)` in a coupling layer. */
-static bool check_net_arg(sema *S, const fe_expr *e, ir_net *out) {
+/* `net = NAME`, `net = mlp(...)` or `net = made(...)`: made networks are
+** for maf and iaf (made == true) and only there. */
+static bool net_kind_fits(sema *S, const fe_expr *e, ir_netkind kind, bool made) {
+  if ((kind == NET_MADE) == made) return true;
+  if (made) ERR(S, e->loc, "maf and iaf need a made network: net = made(hidden = [...])");
+  else ERR(S, e->loc, "made networks are only for maf and iaf");
+  return false;
+}
+
+static bool check_net_arg(sema *S, const fe_expr *e, ir_net *out, bool made) {
   if (e->kind == EXPR_ERROR) return false;
   if (e->kind == EXPR_IDENT) {
     const tmpl *t = find_tmpl(S, e->str);
@@ -248,32 +256,25 @@ static bool check_net_arg(sema *S, const fe_expr *e, ir_net *out) {
         ERR(S, e->loc, "unknown net '%s'", e->str);
       return false;
     }
-    if (!t->ok) return false;
-    if (t->net.kind == NET_MADE) {
-      ERR(S, e->loc, "made networks are only for maf and iaf");
-      return false;
-    }
+    if (!t->ok || !net_kind_fits(S, e, t->net.kind, made)) return false;
     *out = t->net;
     return true;
   }
   if (e->kind == EXPR_CALL) {
-    if (!strcmp(e->str, "made")) {
-      ERR(S, e->loc, "made networks are only for maf and iaf");
-      return false;
-    }
-    return check_net_call(S, e, out);
+    ir_netkind kind = !strcmp(e->str, "made") ? NET_MADE : NET_MLP;
+    return net_kind_fits(S, e, kind, made) && check_net_call(S, e, out);
   }
-  ERR(S, e->loc, "argument 'net' must be a network such as mlp(...) or a net name, not %s",
-      describe(S, e));
+  ERR(S, e->loc, "argument 'net' must be a network such as %s(...) or a net name, not %s",
+      made ? "made" : "mlp", describe(S, e));
   return false;
 }
 
-static bool need_net(sema *S, const fe_expr *call, const fe_arg *a, ir_net *out) {
+static bool need_net(sema *S, const fe_expr *call, const fe_arg *a, ir_net *out, bool made) {
   if (!a) {
     ERR(S, call->loc, "missing argument 'net' for '%s'", call->str);
     return false;
   }
-  return check_net_arg(S, a->value, out);
+  return check_net_arg(S, a->value, out, made);
 }
 
 /* ---- layers ---- */
@@ -295,7 +296,7 @@ static bool check_affine(sema *S, const fe_expr *call, ir_layer *L) {
   static const param ps[] = {{"net", false}, {"scale", false}};
   const fe_arg *slot[2];
   bool ok = bind_args(S, call, ps, 2, slot);
-  ok &= need_net(S, call, slot[0], &L->net);
+  ok &= need_net(S, call, slot[0], &L->net, false);
   L->scale = SCALE_TANH;
   if (slot[1]) ok &= check_scale(S, slot[1]->value, &L->scale);
   return ok;
@@ -305,29 +306,70 @@ static bool check_additive(sema *S, const fe_expr *call, ir_layer *L) {
   static const param ps[] = {{"net", false}};
   const fe_arg *slot[1];
   bool ok = bind_args(S, call, ps, 1, slot);
-  return need_net(S, call, slot[0], &L->net) && ok;
+  return need_net(S, call, slot[0], &L->net, false) && ok;
 }
 
-static bool check_spline(sema *S, const fe_expr *call, ir_layer *L) {
-  static const param ps[] = {{"net", false}, {"bins", false}, {"bound", false}};
-  const fe_arg *slot[3];
-  bool ok = bind_args(S, call, ps, 3, slot);
-  ok &= need_net(S, call, slot[0], &L->net);
+/* bins = K, bound = B of a spline, defaults 8 and 3. */
+static bool check_bins_bound(sema *S, const fe_arg *abins, const fe_arg *abound, ir_layer *L) {
+  bool ok = true;
   L->bins = 8;
   L->bound = 3;
   int64_t bins;
-  if (slot[1]) {
-    const fe_expr *e = slot[1]->value;
+  if (abins) {
+    const fe_expr *e = abins->value;
     if (!want_int(S, e, "argument 'bins' must be an integer", &bins)) ok = false;
     else if (bins < 1) ok = false, ERR(S, e->loc, "bins must be at least 1, not %s", e->text);
     else if (bins > FE_MAX_BINS)
       ok = false, ERR(S, e->loc, "bins must be at most %d, not %s", FE_MAX_BINS, e->text);
     else L->bins = (int)bins;
   }
-  if (slot[2]) {
-    const fe_expr *e = slot[2]->value;
+  if (abound) {
+    const fe_expr *e = abound->value;
     if (!want_number(S, e, "argument 'bound' must be a number", &L->bound)) ok = false;
     else if (!(L->bound > 0)) ok = false, ERR(S, e->loc, "bound must be positive, not %s", e->text);
+  }
+  return ok;
+}
+
+static bool check_spline(sema *S, const fe_expr *call, ir_layer *L) {
+  static const param ps[] = {{"net", false}, {"bins", false}, {"bound", false}};
+  const fe_arg *slot[3];
+  bool ok = bind_args(S, call, ps, 3, slot);
+  ok &= need_net(S, call, slot[0], &L->net, false);
+  return check_bins_bound(S, slot[1], slot[2], L) && ok;
+}
+
+/* transform = affine | spline | spline(bins = K, bound = B) of maf/iaf. */
+static bool check_transform(sema *S, const fe_expr *e, ir_layer *L) {
+  if (e->kind == EXPR_ERROR) return false;
+  const char *name = e->kind == EXPR_IDENT || e->kind == EXPR_CALL ? e->str : "";
+  if (!strcmp(name, "affine") && e->kind == EXPR_IDENT) return true;
+  if (!strcmp(name, "spline")) {
+    static const param ps[] = {{"bins", false}, {"bound", false}};
+    const fe_arg *slot[2] = {NULL, NULL};
+    bool ok = e->kind == EXPR_CALL ? bind_args(S, e, ps, 2, slot) : true;
+    L->spline = 1;
+    return check_bins_bound(S, slot[0], slot[1], L) && ok;
+  }
+  ERR(S, e->loc, "argument 'transform' must be affine or spline(bins = K, bound = B), not %s",
+      describe(S, e));
+  return false;
+}
+
+/* maf / iaf(net = made(...), scale = S, transform = affine | spline(...)). */
+static bool check_autoregressive(sema *S, const fe_expr *call, ir_layer *L) {
+  static const param ps[] = {{"net", false}, {"scale", false}, {"transform", false}};
+  const fe_arg *slot[3];
+  bool ok = bind_args(S, call, ps, 3, slot);
+  ok &= need_net(S, call, slot[0], &L->net, true);
+  L->scale = SCALE_TANH;
+  L->bins = 8;
+  L->bound = 3;
+  if (slot[1]) ok &= check_scale(S, slot[1]->value, &L->scale);
+  if (slot[2]) ok &= check_transform(S, slot[2]->value, L);
+  if (slot[1] && L->spline) {
+    ERR(S, slot[1]->loc, "argument 'scale' is only for transform = affine");
+    ok = false;
   }
   return ok;
 }
@@ -429,8 +471,8 @@ static const struct {
   {"permute", LAYER_PERMUTE, check_permute},
   {"actnorm", LAYER_ACTNORM, check_noargs},
   {"linear_lu", LAYER_LINEAR_LU, check_noargs},
-  {"maf", LAYER_COUNT, NULL},
-  {"iaf", LAYER_COUNT, NULL},
+  {"maf", LAYER_MAF, check_autoregressive},
+  {"iaf", LAYER_IAF, check_autoregressive},
   {"residual", LAYER_COUNT, NULL},
   {"cnf", LAYER_COUNT, NULL},
   {"sde", LAYER_COUNT, NULL},

@@ -261,6 +261,12 @@ static void eval(const ir_node *x, val *V, long B) {
       o->v[r] = s;
     }
     break;
+  case IR_MADE_MASK:
+    for (long r = 0; r < R; r++)
+      for (long i = 0; i < n; i++)
+        o->v[r * n + i] = ir_made_connected(x->i0, x->i1, x->i2, (int)x->f0, (int)r, (int)i)
+                              ? a->v[r * n + i] : 0;
+    break;
   case IR_LU_W: case IR_LU_WINV: {
     val args[5];
     for (int i = 0; i < 5; i++) args[i] = V[x->args[i]->id];

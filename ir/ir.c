@@ -1,5 +1,6 @@
 /* ir/ir.c: graph construction (see ir.h). */
 #include "ir.h"
+#include "rt_made.h"   /* header only: the masks, shared with the runtime */
 
 #include <assert.h>
 #include <string.h>
@@ -13,7 +14,7 @@ static const char *const op_names[IR_OP_COUNT] = {
   [IR_ADD] = "add", [IR_SUB] = "sub", [IR_MUL] = "mul",
   [IR_LINEAR] = "linear", [IR_SLICE] = "slice", [IR_CONCAT] = "concat",
   [IR_GATHER] = "gather", [IR_RQS] = "rqs", [IR_ROWSUM] = "rowsum",
-  [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv",
+  [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv", [IR_MADE_MASK] = "made_mask",
   [IR_DACT] = "dact", [IR_LINEAR_T] = "linear_t", [IR_PAD] = "pad",
   [IR_BCAST] = "bcast", [IR_RQS_GRAD] = "rqs_grad", [IR_ACC_SUM] = "acc_sum",
   [IR_ACC_OUTER] = "acc_outer",
@@ -258,4 +259,19 @@ ir_node *ir_acc_outer(ir_graph *g, ir_node *dy, ir_node *in, ir_node *target) {
 
 int ir_grad_slot(const ir_program *p, const ir_node *target) {
   return target->op == IR_PARAM ? target->i0 : p->nparams + target->prep;
+}
+
+ir_node *ir_made_mask(ir_graph *g, ir_node *W, int kind, int D, int C, int per) {
+  assert(!W->batch);
+  ir_node *x = add(g, IR_MADE_MASK, 0, W->rows, W->n);
+  arg(x, W);
+  x->i0 = kind;
+  x->i1 = D;
+  x->i2 = C;
+  x->f0 = per;
+  return x;
+}
+
+int ir_made_connected(int kind, int D, int C, int per, int o, int i) {
+  return rt_made_connected(kind, D, C, per, o, i);
 }

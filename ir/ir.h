@@ -49,6 +49,10 @@ typedef enum ir_op {
   /* param only */
   IR_LU_W,        /* lower, upper, log_diag, sign, perm -> W = P L U [D,D] */
   IR_LU_WINV,     /* same args -> W^-1 [D,D] */
+  IR_MADE_MASK,   /* W [out,in] -> W * mask: the MADE mask (flow-language.md 5)
+                     of kind i0 (IR_MASK_*) for a model of dim i1 and
+                     context i2; outputs of the last layer belong to dim
+                     o mod D (f0 == 0, affine) or o / f0 (f0 = 3K-1, spline) */
   /* backward ops (passes/autodiff.c), batch */
   IR_DACT,        /* f'(x) of the unary op i0, elementwise */
   IR_LINEAR_T,    /* dy[B,out], W[out,in] (param-class) -> dy W  [B,in] */
@@ -66,6 +70,9 @@ typedef enum ir_op {
   IR_OP_COUNT
 } ir_op;
 
+/* Which layer of a MADE network a mask is for (= RT_MASK_* of rt_made.h). */
+enum { IR_MASK_IN_HIDDEN, IR_MASK_HIDDEN_HIDDEN, IR_MASK_HIDDEN_OUT, IR_MASK_IN_OUT };
+
 typedef struct ir_node ir_node;
 struct ir_node {
   ir_op op;
@@ -74,7 +81,7 @@ struct ir_node {
   int rows, n;
   int nargs;
   ir_node *args[5];
-  int i0, i1;
+  int i0, i1, i2;
   double f0;
   const int *idx;         /* IR_GATHER constant permutation, n entries */
   /* filled by passes */
@@ -153,6 +160,9 @@ ir_node *ir_gather(ir_graph *g, ir_node *x, ir_node *perm, const int *idx, int i
 ir_node *ir_rqs(ir_graph *g, ir_node *x, ir_node *h, int bins, double bound, int inverse);
 ir_node *ir_rowsum(ir_graph *g, ir_node *x);
 ir_node *ir_lu(ir_graph *g, ir_op op, ir_node *const lu[5]);
+ir_node *ir_made_mask(ir_graph *g, ir_node *W, int kind, int D, int C, int per);
+/* 1 when input i of a MADE layer of that kind reaches output o. */
+int ir_made_connected(int kind, int D, int C, int per, int o, int i);
 ir_node *ir_dact(ir_graph *g, ir_op unary, ir_node *x);
 ir_node *ir_linear_t(ir_graph *g, ir_node *dy, ir_node *W);
 ir_node *ir_pad(ir_graph *g, ir_node *x, int lo, int width);

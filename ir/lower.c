@@ -42,13 +42,14 @@ static int net_outputs(const ir_model *m, const ir_layer *L) {
   case LAYER_AFFINE_COUPLING: return 2 * (D - d);
   case LAYER_ADDITIVE_COUPLING: return D - d;
   case LAYER_SPLINE_COUPLING: return (D - d) * (3 * L->bins - 1);
+  case LAYER_MAF: case LAYER_IAF: return L->spline ? D * (3 * L->bins - 1) : 2 * D;
   default: return 0;
   }
 }
 
 static int has_net(const ir_layer *L) {
   return L->kind == LAYER_AFFINE_COUPLING || L->kind == LAYER_ADDITIVE_COUPLING ||
-         L->kind == LAYER_SPLINE_COUPLING;
+         L->kind == LAYER_SPLINE_COUPLING || L->kind == LAYER_MAF || L->kind == LAYER_IAF;
 }
 
 /* Linear layer j of a network: in -> out; the last one starts at zero. */
@@ -77,6 +78,8 @@ static int layer_params(ir_program *p, int cap, int k, const ir_layer *L) {
   switch (L->kind) {
   case LAYER_AFFINE_COUPLING: case LAYER_ADDITIVE_COUPLING: case LAYER_SPLINE_COUPLING:
     return net_params(p, cap, k, &L->net, D / 2 + m->context, net_outputs(m, L));
+  case LAYER_MAF: case LAYER_IAF:
+    return net_params(p, cap, k, &L->net, D + m->context, net_outputs(m, L));
   case LAYER_PERMUTE: {
     if (L->perm_kind == PERM_REVERSE) return p->nparams;
     int i = add_param(p, cap, NAME("perm"), IR_I64, 1, D, 0,
@@ -143,6 +146,76 @@ static ir_node *scale_fn(lw *w, ir_scale s, ir_node *h) {
   return h;
 }
 
+/* A MADE network: an MLP whose weights are masked (flow-language.md 5). */
+static ir_node *made(lw *w, const ir_layer *L, int p0, ir_node *h) {
+  const ir_net *net = &L->net;
+  int D = w->m->dim, C = w->m->context, per = L->spline ? 3 * L->bins - 1 : 0;
+  for (int j = 0; j <= net->nhidden; j++) {
+    int first = j == 0, last = j == net->nhidden;
+    int kind = first ? (last ? IR_MASK_IN_OUT : IR_MASK_IN_HIDDEN)
+                     : (last ? IR_MASK_HIDDEN_OUT : IR_MASK_HIDDEN_HIDDEN);
+    ir_node *W = ir_made_mask(w->g, ir_param_node(w->g, w->p, p0 + 2 * j), kind, D, C, per);
+    h = ir_linear(w->g, h, W, ir_param_node(w->g, w->p, p0 + 2 * j + 1));
+    if (!last) h = ir_unary(w->g, act_op(net->act), h);
+  }
+  return h;
+}
+
+/*
+** The elementwise transform of an autoregressive layer on columns
+** [lo, lo + n) of x, given the full network output h: forward (inv = 0)
+** y = x exp(s) + t or the spline, or its inverse. Adds its log-det to w.
+*/
+static ir_node *ar_transform(lw *w, const ir_layer *L, ir_node *h, ir_node *x, int lo, int n,
+                             int inv) {
+  ir_graph *g = w->g;
+  int D = w->m->dim;
+  if (L->spline) {
+    int per = 3 * L->bins - 1;
+    ir_node *r = ir_rqs(g, x, ir_slice(g, h, lo * per, n * per), L->bins, L->bound, inv);
+    ld_add(w, ir_rowsum(g, ir_slice(g, r, n, n)), 0);
+    return ir_slice(g, r, 0, n);
+  }
+  ir_node *s = scale_fn(w, L->scale, ir_slice(g, h, lo, n)), *t = ir_slice(g, h, D + lo, n);
+  ld_add(w, ir_rowsum(g, s), inv);
+  if (inv)
+    return ir_binary(g, IR_MUL, ir_binary(g, IR_SUB, x, t),
+                     ir_unary(g, IR_EXP, ir_unary(g, IR_NEG, s)));
+  return ir_binary(g, IR_ADD, ir_binary(g, IR_MUL, x, ir_unary(g, IR_EXP, s)), t);
+}
+
+/* All dimensions at once, conditioned on cond: the parallel direction. */
+static ir_node *ar_parallel(lw *w, const ir_layer *L, int p0, ir_node *cond, ir_node *x, int inv) {
+  ir_node *h = made(w, L, p0, ir_concat(w->g, cond, w->ctx));
+  return ar_transform(w, L, h, x, 0, w->m->dim, inv);
+}
+
+/*
+** The sequential direction: output dimension i needs outputs 0..i-1, so
+** D - 1 passes of the network each settle one more column (the others
+** still zero, which the masks ignore); a last parallel pass on the settled
+** outputs gives the final column and the log-det. One kernel, no calls.
+*/
+static ir_node *ar_sequential(lw *w, const ir_layer *L, int p0, ir_node *x, int inv) {
+  ir_graph *g = w->g;
+  int D = w->m->dim;
+  ir_node *out = ir_pad(g, ir_slice(g, x, 0, 0), 0, D);   /* zeros */
+  ir_node *ld = w->ld;
+  for (int i = 0; i < D - 1; i++) {
+    ir_node *h = made(w, L, p0, ir_concat(g, out, w->ctx));
+    ir_node *v = ar_transform(w, L, h, ir_slice(g, x, i, 1), i, 1, inv);
+    out = ir_binary(g, IR_ADD, out, ir_pad(g, v, i, D));
+  }
+  w->ld = ld;   /* only the last pass's log-det counts */
+  return ar_parallel(w, L, p0, out, x, inv);
+}
+
+/* maf: density in parallel, sampling sequential; iaf the other way. */
+static ir_node *autoregressive(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
+  int parallel = (L->kind == LAYER_MAF) == inv;
+  return parallel ? ar_parallel(w, L, p0, u, u, inv) : ar_sequential(w, L, p0, u, inv);
+}
+
 /* ---- layers: inv = 0 generative (f), 1 density (f^-1) ---- */
 
 static ir_node *coupling(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
@@ -206,6 +279,7 @@ static ir_node *layer(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
   case LAYER_PERMUTE: return permute(w, L, p0, u, inv);
   case LAYER_ACTNORM: return actnorm(w, p0, u, inv);
   case LAYER_LINEAR_LU: return linear_lu(w, p0, u, inv);
+  case LAYER_MAF: case LAYER_IAF: return autoregressive(w, L, p0, u, inv);
   default: return u;
   }
 }

@@ -34,6 +34,8 @@ typedef enum ir_layerkind {
   LAYER_PERMUTE,
   LAYER_ACTNORM,
   LAYER_LINEAR_LU,
+  LAYER_MAF,                  /* masked autoregressive flow (made net) */
+  LAYER_IAF,                  /* inverse autoregressive flow (made net) */
   LAYER_COUNT
 } ir_layerkind;
 
@@ -43,9 +45,10 @@ typedef struct ir_layer {
   ir_layerkind kind;
   int line, col;              /* where the call was written */
   ir_net net;                 /* couplings */
-  ir_scale scale;             /* affine_coupling */
-  int bins;                   /* spline_coupling */
-  double bound;               /* spline_coupling */
+  ir_scale scale;             /* affine_coupling, maf, iaf (affine transform) */
+  int spline;                 /* maf/iaf: transform = spline(bins, bound) */
+  int bins;                   /* spline_coupling, spline transform */
+  double bound;               /* spline_coupling, spline transform */
   ir_permkind perm_kind;      /* permute */
   uint64_t perm_seed;         /* permute(random, seed = S) */
   const int *perm;            /* permute([..]): dim entries */

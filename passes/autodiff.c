@@ -107,6 +107,8 @@ static void back(ad *a, ir_node *x, ir_node *G) {
   } else switch (x->op) {
   case IR_LINEAR: back_linear(a, x, G); break;
   case IR_SLICE: add_grad(a, u, ir_pad(g, G, x->i0, u->n)); break;
+  case IR_PAD: add_grad(a, u, ir_slice(g, G, x->i0, u->n)); break;
+  case IR_BCAST: add_grad(a, u, ir_rowsum(g, G)); break;
   case IR_CONCAT:
     add_grad(a, u, ir_slice(g, G, 0, u->n));
     add_grad(a, x->args[1], ir_slice(g, G, u->n, x->args[1]->n));
@@ -114,7 +116,7 @@ static void back(ad *a, ir_node *x, ir_node *G) {
   case IR_GATHER: back_gather(a, x, G); break;
   case IR_RQS: back_rqs(a, x, G); break;
   case IR_ROWSUM: add_grad(a, u, ir_bcast(g, G, u->n)); break;
-  default: break;
+  default: break;   /* inputs; backward ops never occur in a forward graph */
   }
 }
 

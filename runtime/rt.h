@@ -56,7 +56,8 @@ typedef enum rt_prep_op {
   RT_PREP_EXP, RT_PREP_NEG, RT_PREP_SUM,   /* SUM: all elements -> [1,1] */
   RT_PREP_ADD, RT_PREP_SUB, RT_PREP_MUL,   /* equal shapes or [1,1] broadcast */
   RT_PREP_CONST,                           /* [1,1] = f */
-  RT_PREP_LU_W, RT_PREP_LU_WINV            /* lower, upper, log_diag, sign, perm */
+  RT_PREP_LU_W, RT_PREP_LU_WINV,          /* lower, upper, log_diag, sign, perm */
+  RT_PREP_MADE_MASK                        /* W * the MADE mask of iargs (rt_made.h) */
 } rt_prep_op;
 
 typedef struct rt_prep {
@@ -65,6 +66,7 @@ typedef struct rt_prep {
   int args[5];              /* < nparams: parameter; else nparams + prep index */
   int rows, n;              /* result shape */
   double f;                 /* RT_PREP_CONST */
+  int iargs[4];             /* RT_PREP_MADE_MASK: kind, D, C, per */
 } rt_prep;
 
 typedef struct rt_entry_desc {
@@ -303,5 +305,11 @@ float rt_k_rqs_inv_grad(float y, const float *h, int64_t bins, float bound, floa
 /* C[m,n] = A[m,k] B[n,k]^T (+ bias[n] when non-NULL): OpenBLAS sgemm. */
 void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                const float *bias, float *C);
+/* The gradient kernel's products of wide layers, all row-major and
+** contiguous: C[m,n] = A[m,k] B[k,n] (the input gradient dy W), and
+** C[m,n] += A[k,m]^T B[k,n] (the weight gradient dy^T x over k rows). */
+void rt_k_gemm_nn(int64_t m, int64_t n, int64_t k, const float *A, const float *B, float *C);
+void rt_k_gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
+                      float *C);
 
 #endif

@@ -11,7 +11,7 @@
 **   params P
 **   param NAME f32|i64 NDIM S0 S1 INIT FAN_IN LAYER SEED NVALUES V...   (P lines)
 **   entry ENTRY scratch S has_ld 0|1 nprep Q                          (5 times)
-**   prep OP ROWS N F NARGS A...                                       (Q lines)
+**   prep OP ROWS N F NARGS A... [KIND D C PER]                        (Q lines)
 **   train scratch S nprep Q          (optional: only when has_train)
 **   prep OP ROWS N F NARGS A...                                       (Q lines)
 **   end
@@ -19,7 +19,8 @@
 ** ENTRY is encode, encode_ld, decode, decode_ld, logprob, in that order.
 ** INIT is linear_weight linear_bias zero perm_random perm_list lu_lower
 ** lu_upper lu_log_diag lu_sign lu_perm; OP is exp neg sum add sub mul const
-** lu_w lu_winv; F is printed with %.17g so it reads back exactly. Names hold
+** lu_w lu_winv made_mask (which alone has the four ints in brackets, its
+** mask: rt_made.h); F is printed with %.17g so it reads back exactly. Names hold
 ** no white space. Blank lines and lines starting with '#' are ignored.
 */
 #include "rt_internal.h"
@@ -42,10 +43,10 @@ static const char *const init_names[] = {
 };
 #define NINIT ((int)(sizeof init_names / sizeof init_names[0]))
 static const char *const op_names[] = {
-  "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv"
+  "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv", "made_mask"
 };
 #define NOP ((int)(sizeof op_names / sizeof op_names[0]))
-static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5 };
+static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1 };
 
 /* ------------------------------------------------------------------ */
 /* formatting                                                          */
@@ -76,6 +77,8 @@ static void format_preps(sbuf *b, const rt_entry_desc *en) {
     sb_printf(b, "prep %s %d %d %.17g %d", op_names[op], pr->rows, pr->n,
               pr->f, pr->nargs);
     for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(b, " %d", pr->args[a]);
+    if (pr->op == RT_PREP_MADE_MASK)
+      for (int k = 0; k < 4; k++) sb_printf(b, " %d", pr->iargs[k]);
     sb_printf(b, "\n");
   }
 }
@@ -282,6 +285,10 @@ static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, 
   case RT_PREP_CONST:
     bad = p->rows != 1 || p->n != 1;
     break;
+  case RT_PREP_MADE_MASK:
+    bad = isint[0] || p->rows != r[0] || p->n != n[0] || p->iargs[0] < 0 || p->iargs[0] > 3 ||
+          p->iargs[1] < 1 || p->iargs[2] < 0 || p->iargs[3] < 0;
+    break;
   case RT_PREP_LU_W: case RT_PREP_LU_WINV: {
     int D = p->n;
     bad = p->rows != D || r[0] != D || n[0] != D || r[1] != D || n[1] != D ||
@@ -471,6 +478,9 @@ static int parse_prep(lexer *L, rt_prep *pr) {
   if (tok_int(L, 0, 5, &pr->nargs)) return -1;
   for (int a = 0; a < pr->nargs; a++)
     if (tok_int(L, 0, INT_MAX, &pr->args[a])) return -1;
+  if (pr->op == RT_PREP_MADE_MASK)
+    for (int k = 0; k < 4; k++)
+      if (tok_int(L, 0, INT_MAX, &pr->iargs[k])) return -1;
   return end_of_line(L);
 }
 

@@ -272,3 +272,20 @@ void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f,
               A, (int)k, B, (int)k, 1.0f, C, (int)n);
 }
+
+void rt_k_gemm_nn(int64_t m, int64_t n, int64_t k, const float *A, const float *B, float *C) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    memset(C, 0, (size_t)(m * n) * sizeof(float));
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f,
+              A, (int)k, B, (int)n, 0.0f, C, (int)n);
+}
+
+void rt_k_gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
+                      float *C) {
+  if (m <= 0 || n <= 0 || k <= 0) return;
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f,
+              A, (int)m, B, (int)n, 1.0f, C, (int)n);
+}

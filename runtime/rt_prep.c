@@ -13,6 +13,7 @@
 ** get no gradient.
 */
 #include "rt_internal.h"
+#include "rt_made.h"
 
 #include <math.h>
 #include <string.h>
@@ -85,6 +86,10 @@ static void prep_lu(const opnd *o, int D, int inverse, double *out) {
   }
 }
 
+static int made_mask(const rt_prep *p, int o, int i) {
+  return rt_made_connected(p->iargs[0], p->iargs[1], p->iargs[2], p->iargs[3], o, i);
+}
+
 static void prep_one(const rt_prep *p, const opnd *o, double *out) {
   size_t len = (size_t)p->rows * (size_t)p->n;
   switch (p->op) {
@@ -102,6 +107,11 @@ static void prep_one(const rt_prep *p, const opnd *o, double *out) {
   case RT_PREP_CONST: out[0] = p->f; break;
   case RT_PREP_LU_W: prep_lu(o, p->n, 0, out); break;
   case RT_PREP_LU_WINV: prep_lu(o, p->n, 1, out); break;
+  case RT_PREP_MADE_MASK:
+    for (int r = 0; r < p->rows; r++)
+      for (int i = 0; i < p->n; i++)
+        out[(size_t)r * p->n + i] = made_mask(p, r, i) ? at(&o[0], (size_t)r * p->n + i) : 0;
+    break;
   }
 }
 
@@ -217,6 +227,10 @@ void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *pa
     case RT_PREP_CONST: break;
     case RT_PREP_LU_W: case RT_PREP_LU_WINV:
       lu_backward(o, (size_t)p->n, p->op == RT_PREP_LU_WINV, y, g, ga[0], ga[1], ga[2], work);
+      break;
+    case RT_PREP_MADE_MASK:
+      for (size_t k = 0; k < len; k++)
+        if (made_mask(p, (int)(k / (size_t)p->n), (int)(k % (size_t)p->n))) acc(ga[0], &o[0], k, g[k]);
       break;
     }
   }

@@ -44,6 +44,13 @@ static void random_layer(ir_arena *A, mg_rng *r, int D, ir_layerkind kind, ir_la
   L->perm_kind = (ir_permkind)pick(r, 3);
   L->perm_seed = (uint64_t)pick(r, 100);
   L->perm = random_perm(A, r, D);
+  if (kind == LAYER_MAF || kind == LAYER_IAF) {
+    L->net.kind = NET_MADE;
+    L->spline = pick(r, 2);
+    /* exp scales compound through D sequential steps: overflow in deep
+    ** random stacks says nothing about the compiler */
+    if (L->scale == SCALE_EXP) L->scale = SCALE_TANH;
+  }
 }
 
 ir_model *mg_model(ir_arena *A, mg_rng *r, int D, int C, int nlayers, const ir_layerkind *kinds) {

@@ -238,7 +238,8 @@ Test(cli, shared_object_example) {
   free(out);
   cr_assert(access(tmp("moons.h"), F_OK) == 0, "no header");
   char cmd[2048];
-  snprintf(cmd, sizeof cmd, "cc -O1 %s -I%s -L%s -lmoons -Wl,-rpath,%s -o %s",
+  /* a sanitizer build's .so needs the sanitizer runtime in the program too */
+  snprintf(cmd, sizeof cmd, "cc -O1 %s %s -I%s -L%s -lmoons -Wl,-rpath,%s -o %s", FLOWC_CC_FLAGS,
            EX "use_so.c", tu_tmpdir(), tu_tmpdir(), tu_tmpdir(), tmp("use_so"));
   rc = tu_run(cmd, &out);
   cr_assert_eq(rc, 0, "%s", out);

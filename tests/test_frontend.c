@@ -66,6 +66,15 @@ static void dump_layer(FILE *f, const ir_model *m, int k) {
     fprintf(f, " bins=%d bound=", L->bins);
     dump_double(f, L->bound);
     break;
+  case LAYER_MAF: case LAYER_IAF:
+    dump_net(f, &L->net);
+    if (L->spline) {
+      fprintf(f, " transform=spline bins=%d bound=", L->bins);
+      dump_double(f, L->bound);
+    } else {
+      fprintf(f, " scale=%s", scales[L->scale]);
+    }
+    break;
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) fprintf(f, " perm=reverse");
     else if (L->perm_kind == PERM_RANDOM) fprintf(f, " perm=random seed=%llu",
