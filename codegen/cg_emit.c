@@ -560,10 +560,12 @@ static int emit_linear(E *e, const ir_node *x) {
   LLVMValueRef W = pptr(e, Wn);
   if (!W) return -1;
   if (x->n == 0) return 0;
-  int gemm = is_gemm(e, in->n, x->n, in, NULL) && (!b || (b->op != IR_CONST && b->n == x->n));
-  LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
-                        b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
-  LLVMBasicBlockRef join = gemm ? gemm_call(e, "rt_k_gemm", av, 7) : NULL;
+  LLVMBasicBlockRef join = NULL;
+  if (is_gemm(e, in->n, x->n, in, NULL) && (!b || (b->op != IR_CONST && b->n == x->n))) {
+    LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
+                          b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
+    join = gemm_call(e, "rt_k_gemm", av, 7);
+  }
   emit_linear_inline(e, x, in, W, b);
   gemm_join(e, join);
   return 0;

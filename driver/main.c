@@ -17,7 +17,7 @@ static const char usage_text[] =
   "  decode   -w W --data Z -o X.npy [--logdet LD.npy]\n"
   "  sample   -w W -n N --seed S -o X.npy [--logprob LP.npy]\n"
   "  build    [-w W] -o libNAME.so                shared object + NAME.h\n"
-  "  bench    [-w W] --batch B --op logprob|sample\n"
+  "  bench    [-w W] --batch B --op logprob|sample|train\n"
   "  dump     --ir [--after PASS] | --llvm\n"
   "  train    --data X.npy -o W.safetensors [--valid V.npy | --valid-fraction F]\n"
   "           [--steps N | --epochs E] [--batch B] [--lr LR] [--schedule constant|cosine|onecycle]\n"

@@ -24,6 +24,8 @@ typedef struct trainer {
   const drv_opts *o;
   drv_session s;
   rt_weights w, best;
+  rt_weights good, prev;        /* the last weights with a finite loss; before this step */
+  uint64_t seed;                /* --seed, or the checkpoint's when resuming */
   rt_optim *opt;
   rt_train_state st;
   split tr, va;
@@ -77,6 +79,7 @@ static int load_data(trainer *t) {
     drv_opts vo = *o;
     vo.context = o->valid_context;
     rc = drv_load_rows(o->valid, t->D, "dim", &vx);
+    if (!rc && vx.rows == 0) rc = drv_fail("%s: no rows to validate on", o->valid);
     if (!rc) rc = drv_load_context(&vo, t->s.model, vx.rows, &vc);
   } else if (!rc) {
     double f = o->valid_fraction > 0 ? o->valid_fraction : (x.rows >= 50 ? 0.1 : 0);
@@ -85,7 +88,7 @@ static int load_data(trainer *t) {
   }
   if (rc) goto out;
   long *idx = malloc((size_t)x.rows * sizeof *idx);
-  shuffle(idx, x.rows, o->seed, 0x5eed);
+  shuffle(idx, x.rows, t->seed, 0x5eed);
   take_rows(&t->tr, &x, &c, idx + nv, x.rows - nv, t->D, t->C);
   if (o->valid) {
     long *all = malloc((size_t)(vx.rows + 1) * sizeof *all);
@@ -105,7 +108,7 @@ out:
 static void make_batch(trainer *t, long s) {
   long e = s / t->spe, k = s % t->spe;
   if (e != t->perm_epoch) {
-    shuffle(t->perm, t->tr.n, t->o->seed, 1000 + (uint64_t)e);
+    shuffle(t->perm, t->tr.n, t->seed, 1000 + (uint64_t)e);
     t->perm_epoch = e;
   }
   for (long i = 0; i < t->B; i++) {
@@ -207,6 +210,26 @@ static int parse_schedule(const char *s, rt_schedule *out) {
   return 0;
 }
 
+/* The seed of a resumed run is the checkpoint's: it fixed the validation
+** split and the order of the batches. */
+static int pick_seed(trainer *t) {
+  const drv_opts *o = t->o;
+  t->seed = o->seed;
+  if (!o->resume) return 0;
+  char err[1024];
+  rt_weights w = {0};
+  rt_train_state st = {0};
+  int rc = rt_checkpoint_load(t->s.desc, o->resume, &w, NULL, &st, err, sizeof err);
+  if (rc) rc = drv_fail("%s", err);
+  else if (o->have_seed && o->seed != st.seed)
+    rc = drv_fail("%s: --seed %llu differs from the checkpoint's seed %llu", o->resume,
+                  (unsigned long long)o->seed, (unsigned long long)st.seed);
+  else t->seed = st.seed;
+  rt_weights_free(&w);
+  rt_train_state_free(&st);
+  return rc;
+}
+
 /* Options, data, weights (fresh, --init or --resume), compiled model. */
 static int setup(trainer *t) {
   const drv_opts *o = t->o;
@@ -228,6 +251,7 @@ static int setup(trainer *t) {
   pass_autodiff(t->s.prog);
   t->s.entries = CG_TRAIN_MASK | CG_ENTRY(RT_LOGPROB);   /* steps; validation */
   if ((rc = drv_compile_lowered(&t->s, o))) return rc;
+  if ((rc = pick_seed(t))) return rc;
   if ((rc = load_data(t))) return rc;
   t->B = o->batch > 0 ? o->batch : 256;
   if (t->B > t->tr.n) t->B = t->tr.n;
@@ -243,7 +267,7 @@ static int setup(trainer *t) {
     t->st.has_best = 0;
   } else if (o->init) {
     if (rt_weights_load(t->s.desc, o->init, &t->w, err, sizeof err)) return drv_fail("%s", err);
-  } else if (rt_weights_init(t->s.desc, o->seed, &t->w, err, sizeof err)) {
+  } else if (rt_weights_init(t->s.desc, t->seed, &t->w, err, sizeof err)) {
     return drv_fail("%s", err);
   }
   t->xb = malloc((size_t)(t->B * t->D) * sizeof *t->xb);
@@ -261,6 +285,8 @@ static int setup(trainer *t) {
   for (int i = 0; i < t->w.n; i++)
     if (t->s.desc->params[i].dtype == RT_F32) t->grads[i] = malloc(param_bytes(&t->s.desc->params[i]) + 4);
   if (!o->resume) t->st.best_valid = INFINITY;
+  copy_weights(t->s.desc, &t->w, &t->good);
+  copy_weights(t->s.desc, &t->w, &t->prev);
   return 0;
 }
 
@@ -274,7 +300,7 @@ static int save_weights(trainer *t, const rt_weights *w, long step) {
 static int save_checkpoint(trainer *t, long step) {
   char err[1024];
   t->st.step = step;
-  t->st.seed = t->o->seed;
+  t->st.seed = t->seed;
   t->st.has_best = t->best.data != NULL;
   t->st.best = t->best;   /* lent for the save */
   int rc = rt_checkpoint_save(t->s.desc, t->o->checkpoint, &t->w, t->opt, &t->st, err, sizeof err);
@@ -312,7 +338,14 @@ int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const flo
 /* One optimiser step; 1 when the loss or a gradient is not finite. */
 static int step(trainer *t, long s, double *loss) {
   make_batch(t, s);
-  return drv_train_step(t->s.rt, t->opt, &t->w, t->B, t->xb, t->C ? t->cb : NULL, t->grads, loss);
+  copy_weights(t->s.desc, &t->w, &t->prev);
+  int rc = drv_train_step(t->s.rt, t->opt, &t->w, t->B, t->xb, t->C ? t->cb : NULL, t->grads, loss);
+  if (!rc) {   /* the loss of the weights before this step was finite */
+    rt_weights k = t->good;
+    t->good = t->prev;
+    t->prev = k;
+  }
+  return rc;
 }
 
 static void summary(trainer *t, long done) {
@@ -328,6 +361,8 @@ static void summary(trainer *t, long done) {
 static void release(trainer *t) {
   rt_weights_free(&t->w);
   rt_weights_free(&t->best);
+  rt_weights_free(&t->good);
+  rt_weights_free(&t->prev);
   rt_optim_free(t->opt);
   for (int i = 0; i < t->ngrads; i++) free(t->grads[i]);
   free(t->grads); free(t->xb); free(t->cb); free(t->perm);
@@ -345,28 +380,35 @@ int cmd_train(const drv_opts *o) {
   double loss = NAN;
   t.start = start;
   t.t0 = now_s();
+  int nonfinite = 0;
   for (; !rc && s < t.steps; s++) {
     if (o->stop_after && s - start >= o->stop_after) break;
     int bad = step(&t, s, &loss);
     if (bad == 1) {
-      fprintf(stderr, "\nflowc: the loss or a gradient is not finite at step %ld; stopping with the "
-                      "weights of step %ld\n", s + 1, s);
+      fprintf(stderr, "\nflowc: the loss or a gradient is not finite at step %ld; keeping the "
+                      "last weights whose loss was finite\n", s + 1);
+      copy_weights(t.s.desc, &t.good, &t.w);
+      rt_model_set_params(t.s.rt, &t.w, NULL, 0);
+      nonfinite = 1;
       rc = EXIT_INPUT;
       break;
     }
     if (bad) { rc = drv_fail("training step %ld failed", s + 1); break; }
-    if ((s + 1) % every == 0 || s + 1 == t.steps) {
-      if (evaluate(&t, s, loss)) { s++; fprintf(stderr, "early stop: no better validation for %ld evaluations\n", o->patience); break; }
+    if (((s + 1) % every == 0 || s + 1 == t.steps) && evaluate(&t, s, loss)) {
+      s++;
+      fprintf(stderr, "early stop: no better validation for %ld evaluations\n", o->patience);
+      break;
     }
-    if (o->checkpoint && o->checkpoint_every && (s + 1) % o->checkpoint_every == 0 && save_checkpoint(&t, s + 1))
+    if (o->checkpoint && o->checkpoint_every && (s + 1) % o->checkpoint_every == 0 &&
+        save_checkpoint(&t, s + 1))
       rc = EXIT_INPUT;
   }
   if (t.s.rt && (rc == 0 || rc == EXIT_INPUT) && t.w.data) {
-    if (o->checkpoint && save_checkpoint(&t, s)) rc = EXIT_INPUT;
+    if (o->checkpoint && !nonfinite && save_checkpoint(&t, s)) rc = EXIT_INPUT;
     int keep_best = o->patience > 0 && t.best.data;
     if (keep_best) rt_model_set_params(t.s.rt, &t.best, NULL, 0);
     summary(&t, s - start);
-    int wrc = save_weights(&t, keep_best ? &t.best : &t.w, s);
+    int wrc = save_weights(&t, keep_best ? &t.best : &t.w, keep_best ? t.best.step : s);
     if (!rc) rc = wrc;
   }
   release(&t);

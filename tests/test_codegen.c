@@ -238,13 +238,16 @@ static float *rand_rows(long n, double s) {
 ** Compiles t at opt, runs entry e on random inputs (scale s) in chunks of
 ** 1, 7 and a tile, and compares with the interpreter.
 */
+static unsigned g_mask = CG_ALL_KERNELS; /* what check_prog compiles */
 static void check_prog(const tprog *t, int opt, int e, double s, double tol, const char *what) {
   char err[512];
-  cg_jit *j = cg_jit_new(t->p, opt, err, sizeof err);
+  cg_jit *j = cg_jit_new_entries(t->p, opt, g_mask, err, sizeof err);
   cr_assert(j, "%s: %s", what, err);
   rt_kernel ks[RT_NENTRY];
   cg_jit_kernels(j, ks);
   cr_assert(ks[e]);
+  for (int k = 0; k < RT_NENTRY; k++)
+    cr_assert(!ks[k] == !(t->p->entry[k] && (g_mask & CG_ENTRY(k))), "%s: kernel %d", what, k);
   const ir_graph *g = t->p->entry[e];
   const ir_node *i0 = find_input(g, 0), *i1 = find_input(g, 1);
   long w0 = i0 ? i0->n : 0, w1 = i1 ? i1->n : 0;
@@ -978,6 +981,62 @@ Test(codegen, train_linear_t) {
   for (int opt = 0; opt <= 3; opt++) linear_t_case_opt(7, 5, 1, opt); /* every level */
 }
 
+/* The gradient products of wide layers: dy W (rt_k_gemm_nn) and the
+** weight gradient dy^T x (rt_k_gemm_tn_acc) call BLAS for calls of
+** CG_GEMM_MIN_ROWS rows or more when out * in >= CG_GEMM_MIN_SIZE and the
+** operands are contiguous; short calls, narrow layers and strided operands
+** are inline loops. check_train's chunks of 1, 7 and a tile take both paths.
+** Variant 1 reads x as a strided view (columns [2, 2 + in) of the context). */
+static void train_wide(ir_graph *g, ir_program *p) {
+  ir_node *dy = ir_input(g, 0, g_out), *c = ir_input(g, 1, g_variant ? g_in + 5 : g_in);
+  ir_node *W = ir_param_node(g, p, 0);
+  ir_output(g, ir_linear_t(g, dy, W));
+  ir_acc_outer(g, dy, g_variant ? ir_slice(g, c, 2, g_in) : c, W);
+}
+
+static void wide_case(int in, int out, int variant) {
+  g_in = in;
+  g_out = out;
+  g_variant = variant;
+  g_D = out;
+  lin_params[0] = (pspec){"w", IR_F32, 2, out, in, INIT_LINEAR_WEIGHT};
+  g_build_train = train_wide;
+  tprog t;
+  make_prog(&t, "wide", out, variant ? in + 5 : in, 1, lin_params, build_neg, 2, 1.0 / sqrt(out));
+  g_build_train = NULL;
+  char what[64];
+  snprintf(what, sizeof what, "wide %d -> %d variant %d", out, in, variant);
+  cr_assert_geq(cg_tile(t.p), CG_GEMM_MIN_ROWS, "%s: the tile never reaches BLAS", what);
+  check_train(&t, 2, 1, 2e-5, what);
+  /* which path the kernel has */
+  char path[256];
+  snprintf(path, sizeof path, "%s/wide.ll", tu_tmpdir());
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  char err[512];
+  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
+  fclose(f);
+  char *ll = tu_read_file(path, NULL);
+  cr_assert(ll);
+  int wide = (long)in * out >= CG_GEMM_MIN_SIZE;
+  cr_assert_eq(strstr(ll, "@rt_k_gemm_nn(") != NULL, wide, "%s: rt_k_gemm_nn", what);
+  cr_assert_eq(strstr(ll, "@rt_k_gemm_tn_acc(") != NULL, wide && !variant, "%s: rt_k_gemm_tn_acc",
+               what);
+  free(ll);
+  free_prog(&t);
+  g_D = 5;
+}
+
+Test(codegen, train_wide_gemm) {
+  for (int v = 0; v < 2; v++) {
+    wide_case(128, 128, v);  /* glow's hidden layers */
+    wide_case(64, 64, v);    /* the threshold */
+    wide_case(63, 65, v);    /* just below it: loops only */
+    wide_case(300, 16, v);   /* wide and short */
+    wide_case(17, 257, v);
+  }
+}
+
 /* pad, broadcast, batch [B,1] operands of binary ops, views of them */
 static const pspec shape_params[] = {
   {"t.1", IR_F32, 1, 1, 0, INIT_ZERO}, {"t.5", IR_F32, 1, 5, 0, INIT_ZERO},
@@ -1137,4 +1196,40 @@ Test(codegen, train_lowered_models) {
     rt_desc_free(d);
     free_prog(&t);
   }
+}
+
+/* cg_jit_new_entries compiles the kernels of its mask only; they compute
+** what the full set does */
+Test(codegen, jit_entry_mask) {
+  tprog t;
+  make_prog(&t, "mlp", 4, 2, 6, mlp_params, build_mlp, 2, 0.7);
+  for (int e = 0; e < RT_NENTRY; e++) {
+    if (!t.p->entry[e]) continue;
+    g_mask = CG_ENTRY(e);
+    check_prog(&t, 2, e, 1.0, 1e-5, "masked");
+  }
+  g_mask = CG_ENTRY(RT_ENCODE) | CG_ENTRY(RT_LOGPROB) | CG_TRAIN_MASK; /* no train graph here */
+  check_prog(&t, 2, RT_LOGPROB, 1.0, 1e-5, "masked pair");
+  g_mask = CG_ALL_KERNELS;
+  char err[512];
+  cg_jit *j = cg_jit_new_entries(t.p, 2, 0, err, sizeof err);   /* nothing: still a handle */
+  cr_assert(j, "%s", err);
+  rt_kernel ks[RT_NENTRY];
+  cg_jit_kernels(j, ks);
+  for (int e = 0; e < RT_NENTRY; e++) cr_assert_null(ks[e]);
+  cr_assert_null(cg_jit_train(j));
+  cg_jit_free(j);
+  free_prog(&t);
+  /* the gradient kernel alone */
+  g_build_train = train_dact;
+  g_op = IR_TANH;
+  make_prog(&t, "dmask", 5, 0, 4, dact_params, build_neg, 2, 1);
+  g_build_train = NULL;
+  j = cg_jit_new_entries(t.p, 2, CG_TRAIN_MASK, err, sizeof err);
+  cr_assert(j, "%s", err);
+  cg_jit_kernels(j, ks);
+  for (int e = 0; e < RT_NENTRY; e++) cr_assert_null(ks[e]);
+  check_train_jit(&t, j, 2, 2.0, 1e-5, "train only");
+  cg_jit_free(j);
+  free_prog(&t);
 }
