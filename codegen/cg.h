@@ -21,6 +21,14 @@
 
 typedef struct cg_jit cg_jit;
 
+/* Linear layers with in*out >= CG_GEMM_MIN_SIZE call OpenBLAS (rt_k_gemm;
+** in the gradient kernel also rt_k_gemm_nn for dy W and rt_k_gemm_tn_acc
+** for the weight gradient) when a call has at least CG_GEMM_MIN_ROWS rows
+** and the operands' rows are contiguous; smaller ones are inline loops
+** with constant trip counts. */
+#define CG_GEMM_MIN_SIZE (64 * 64)
+#define CG_GEMM_MIN_ROWS 16
+
 /* Rows per kernel call chosen for p: 64, halved while tile * scratch floats
 ** of the largest entry (or the train graph) would exceed 512 KiB (at least 1). */
 int cg_tile(const ir_program *p);

@@ -523,6 +523,15 @@ static void gemm_join(E *e, LLVMBasicBlockRef join) {
   LLVMPositionBuilderAtEnd(e->B, join);
 }
 
+/* Refuses a weight that is not a float parameter tensor [out, in]. */
+static int check_weight(E *e, const ir_node *x, const ir_node *Wn, int out, int in) {
+  if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
+    return efail(e, x, "weight must be a float parameter tensor");
+  if (Wn->rows != out || Wn->n != in)
+    return efail(e, x, "weight [%d, %d] for %d -> %d", Wn->rows, Wn->n, in, out);
+  return 0;
+}
+
 static void emit_linear_inline(E *e, const ir_node *x, const ir_node *in, LLVMValueRef W,
                                const ir_node *b) {
   int ni = in->n, no = x->n;
@@ -547,10 +556,7 @@ static int emit_linear(E *e, const ir_node *x) {
   if (x->nargs < 2) return efail(e, x, "linear without a weight");
   const ir_node *in = x->args[0], *Wn = x->args[1], *b = x->nargs > 2 ? x->args[2] : NULL;
   if (!in->batch) return efail(e, x, "linear of a parameter tensor");
-  if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
-    return efail(e, x, "weight must be a float parameter tensor");
-  if (Wn->rows != x->n || Wn->n != in->n)
-    return efail(e, x, "weight [%d, %d] for %d -> %d", Wn->rows, Wn->n, in->n, x->n);
+  if (check_weight(e, x, Wn, x->n, in->n)) return -1;
   if (b) {
     if (b->batch) return efail(e, x, "bias must be a parameter tensor");
     if (check_operand(e, x, b)) return -1;
@@ -668,6 +674,12 @@ static int emit_gather(E *e, const ir_node *x) {
   return 0;
 }
 
+/* The hw raw spline parameters of value (r, c) in row r of h. */
+static LLVMValueRef spline_h(E *e, const ir_node *h, LLVMValueRef r, LLVMValueRef c, int hw) {
+  nval *v = &e->v[h->id];
+  return gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), imul(e, c, ci(e, hw))));
+}
+
 static int emit_rqs(E *e, const ir_node *x) {
   const ir_node *a = x->args[0], *h = x->args[1];
   int m = a->n, K = x->i0, hw = 3 * K - 1;
@@ -683,8 +695,7 @@ static int emit_rqs(E *e, const ir_node *x) {
   loop R, Cl;
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &Cl, ci(e, m));
-  LLVMValueRef hp = gepf(e, e->v[h->id].ptr,
-                         iadd(e, imul(e, R.iv, ci(e, e->v[h->id].stride)), imul(e, Cl.iv, ci(e, hw))));
+  LLVMValueRef hp = spline_h(e, h, R.iv, Cl.iv, hw);
   LLVMValueRef av[5] = {get(e, a, R.iv, Cl.iv), hp, ci(e, K), cf(e, x->f0), e->logd};
   LLVMValueRef y = LLVMBuildCall2(e->B, ty, f, av, 5, "");
   stf(e, y, dst(e, x, R.iv, Cl.iv));
@@ -720,10 +731,7 @@ static int emit_linear_t(E *e, const ir_node *x) {
   if (x->nargs != 2) return efail(e, x, "transposed linear with %d arguments", x->nargs);
   const ir_node *dy = x->args[0], *Wn = x->args[1];
   if (!dy->batch) return efail(e, x, "transposed linear of a parameter tensor");
-  if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
-    return efail(e, x, "weight must be a float parameter tensor");
-  if (Wn->rows != dy->n || Wn->n != x->n)
-    return efail(e, x, "weight [%d, %d] for %d -> %d", Wn->rows, Wn->n, dy->n, x->n);
+  if (check_weight(e, x, Wn, dy->n, x->n)) return -1;
   if (check_disjoint(e, x)) return -1;
   LLVMValueRef W = pptr(e, Wn);
   if (!W) return -1;
@@ -814,8 +822,7 @@ static int emit_rqs_grad(E *e, const ir_node *x) {
   loop R, Cl;
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &Cl, ci(e, m));
-  LLVMValueRef hp = gepf(e, e->v[h->id].ptr,
-                         iadd(e, imul(e, R.iv, ci(e, e->v[h->id].stride)), imul(e, Cl.iv, ci(e, hw))));
+  LLVMValueRef hp = spline_h(e, h, R.iv, Cl.iv, hw);
   LLVMValueRef gh = dst(e, x, R.iv, iadd(e, ci(e, m), imul(e, Cl.iv, ci(e, hw))));
   LLVMValueRef av[7] = {get(e, a, R.iv, Cl.iv), hp, ci(e, K), cf(e, x->f0),
                         get(e, gy, R.iv, Cl.iv), get(e, gl, R.iv, Cl.iv), gh};

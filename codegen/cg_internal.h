@@ -10,12 +10,6 @@
 
 #include "cg.h"
 
-/* Linear layers with in*out >= CG_GEMM_MIN_SIZE call rt_k_gemm when a call
-** has at least CG_GEMM_MIN_ROWS rows (and x is contiguous); smaller ones are
-** inline loops with constant trip counts. */
-#define CG_GEMM_MIN_SIZE (64 * 64)
-#define CG_GEMM_MIN_ROWS 16
-
 /* Formats into err (when err && errlen); returns -1. */
 int cg_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -47,9 +47,6 @@ static void random_layer(ir_arena *A, mg_rng *r, int D, ir_layerkind kind, ir_la
   if (kind == LAYER_MAF || kind == LAYER_IAF) {
     L->net.kind = NET_MADE;
     L->spline = pick(r, 2);
-    /* exp scales compound through D sequential steps: overflow in deep
-    ** random stacks says nothing about the compiler */
-    if (L->scale == SCALE_EXP) L->scale = SCALE_TANH;
   }
 }
 
@@ -62,8 +59,15 @@ ir_model *mg_model(ir_arena *A, mg_rng *r, int D, int C, int nlayers, const ir_l
   m->context = C;
   m->nlayers = nlayers;
   ir_layer *L = ir_alloc(A, (size_t)(nlayers ? nlayers : 1) * sizeof *L);
-  for (int k = 0; k < nlayers; k++)
+  int ar = 0;
+  for (int k = 0; k < nlayers; k++) {
     random_layer(A, r, D, kinds ? kinds[k] : (ir_layerkind)pick(r, LAYER_COUNT), &L[k]);
+    ar |= L[k].kind == LAYER_MAF || L[k].kind == LAYER_IAF;
+  }
+  /* exp scales compound through the D steps of a sequential direction:
+  ** overflow of random weights there says nothing about the compiler */
+  for (int k = 0; ar && nlayers > 1 && k < nlayers; k++)
+    if (L[k].scale == SCALE_EXP) L[k].scale = SCALE_TANH;
   m->layers = L;
   return m;
 }
