@@ -16,25 +16,6 @@
 
 #define EX FLOWC_SOURCE_DIR "/examples/"
 
-static int flowc(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int flowc(char **out, const char *fmt, ...) {
-  char args[4096], cmd[4600];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s", FLOWC_EXE, args);
-  return tu_run(cmd, out);
-}
-
-static const char *tmp(const char *name) {
-  static char buf[64][512];   /* a ring: results stay valid for 63 more calls */
-  static int k;
-  k = (k + 1) % 64;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", tu_tmpdir(), name);
-  return buf[k];
-}
-
 static rt_array load(const char *path) {
   rt_array a = {0};
   char err[512];
@@ -51,7 +32,7 @@ static void write_file(const char *path, const void *data, size_t n) {
 
 static void init_weights(const char *flow, const char *w) {
   char *out;
-  int rc = flowc(&out, "init %s --seed 3 -o %s", flow, w);
+  int rc = tu_flowc(&out, "init %s --seed 3 -o %s", flow, w);
   cr_assert_eq(rc, 0, "init: %s", out);
   free(out);
 }
@@ -60,13 +41,13 @@ Test(cli, check_examples) {
   static const char *const files[] = {"moons", "glow", "spline", "conditional"};
   for (int i = 0; i < 4; i++) {
     char *out;
-    int rc = flowc(&out, "check " EX "%s.flow", files[i]);
+    int rc = tu_flowc(&out, "check " EX "%s.flow", files[i]);
     cr_assert_eq(rc, 0, "%s: %s", files[i], out);
     cr_assert(strstr(out, "parameters"), "%s", out);
     free(out);
   }
   char *out;
-  flowc(&out, "check " EX "moons.flow");
+  tu_flowc(&out, "check " EX "moons.flow");
   cr_assert(strstr(out, "model moons: dim 2, context 0, base normal, 9 layers"), "%s", out);
   free(out);
 }
@@ -75,29 +56,29 @@ Test(cli, check_examples) {
 ** encode/decode round trip through files. */
 Test(cli, sample_logprob_encode_decode) {
   char w[512];
-  snprintf(w, sizeof w, "%s", tmp("m.safetensors"));
+  snprintf(w, sizeof w, "%s", tu_path("m.safetensors"));
   init_weights(EX "spline.flow", w);
   char *out;
-  int rc = flowc(&out, "sample " EX "spline.flow -w %s -n 500 --seed 9 -o %s --logprob %s", w,
-                 tmp("x.npy"), tmp("lps.npy"));
+  int rc = tu_flowc(&out, "sample " EX "spline.flow -w %s -n 500 --seed 9 -o %s --logprob %s", w,
+                 tu_path("x.npy"), tu_path("lps.npy"));
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  rc = flowc(&out, "logprob " EX "spline.flow -w %s --data %s -o %s", w, tmp("x.npy"), tmp("lp.npy"));
+  rc = tu_flowc(&out, "logprob " EX "spline.flow -w %s --data %s -o %s", w, tu_path("x.npy"), tu_path("lp.npy"));
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  rt_array a = load(tmp("lps.npy")), b = load(tmp("lp.npy"));
+  rt_array a = load(tu_path("lps.npy")), b = load(tu_path("lp.npy"));
   cr_assert_eq(a.rows, 500);
   cr_assert(tu_max_rel_err(a.data, b.data, 500) < 1e-4);
-  rc = flowc(&out, "encode " EX "spline.flow -w %s --data %s -o %s --logdet %s", w, tmp("x.npy"),
-             tmp("z.npy"), tmp("ld.npy"));
+  rc = tu_flowc(&out, "encode " EX "spline.flow -w %s --data %s -o %s --logdet %s", w, tu_path("x.npy"),
+             tu_path("z.npy"), tu_path("ld.npy"));
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  rc = flowc(&out, "decode " EX "spline.flow -w %s --data %s -o %s --logdet %s", w, tmp("z.npy"),
-             tmp("xr.npy"), tmp("ldd.npy"));
+  rc = tu_flowc(&out, "decode " EX "spline.flow -w %s --data %s -o %s --logdet %s", w, tu_path("z.npy"),
+             tu_path("xr.npy"), tu_path("ldd.npy"));
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  rt_array x = load(tmp("x.npy")), xr = load(tmp("xr.npy"));
-  rt_array le = load(tmp("ld.npy")), ld = load(tmp("ldd.npy"));
+  rt_array x = load(tu_path("x.npy")), xr = load(tu_path("xr.npy"));
+  rt_array le = load(tu_path("ld.npy")), ld = load(tu_path("ldd.npy"));
   cr_assert(tu_max_rel_err(xr.data, x.data, 3000) < 1e-4);
   for (int i = 0; i < 500; i++) cr_assert(fabsf(le.data[i] + ld.data[i]) < 1e-3);
   rt_array_free(&a); rt_array_free(&b); rt_array_free(&x); rt_array_free(&xr);
@@ -106,24 +87,24 @@ Test(cli, sample_logprob_encode_decode) {
 
 Test(cli, sample_same_for_any_thread_count) {
   char w[512];
-  snprintf(w, sizeof w, "%s", tmp("c.safetensors"));
+  snprintf(w, sizeof w, "%s", tu_path("c.safetensors"));
   init_weights(EX "conditional.flow", w);
   float ctx[3] = {0.5f, -1, 2};
   long shape[2] = {1, 3};
   char err[256];
-  cr_assert_eq(rt_npy_save(tmp("ctx.npy"), ctx, 2, shape, err, sizeof err), 0);
+  cr_assert_eq(rt_npy_save(tu_path("ctx.npy"), ctx, 2, shape, err, sizeof err), 0);
   for (int t = 1; t <= 3; t++) {
     char name[32];
     snprintf(name, sizeof name, "s%d.npy", t);
     char *out;
-    int rc = flowc(&out, "sample " EX "conditional.flow -w %s -n 777 --seed 5 --threads %d --context %s -o %s",
-                   w, t, tmp("ctx.npy"), tmp(name));
+    int rc = tu_flowc(&out, "sample " EX "conditional.flow -w %s -n 777 --seed 5 --threads %d --context %s -o %s",
+                   w, t, tu_path("ctx.npy"), tu_path(name));
     cr_assert_eq(rc, 0, "%s", out);
     free(out);
   }
   size_t n1, n2, n3;
-  char *a = tu_read_file(tmp("s1.npy"), &n1), *b = tu_read_file(tmp("s2.npy"), &n2),
-       *c = tu_read_file(tmp("s3.npy"), &n3);
+  char *a = tu_read_file(tu_path("s1.npy"), &n1), *b = tu_read_file(tu_path("s2.npy"), &n2),
+       *c = tu_read_file(tu_path("s3.npy"), &n3);
   cr_assert(n1 == n2 && n2 == n3 && !memcmp(a, b, n1) && !memcmp(a, c, n1));
   free(a); free(b); free(c);
 }
@@ -131,60 +112,60 @@ Test(cli, sample_same_for_any_thread_count) {
 /* Refused input: exit 1, a message naming the problem, no output file. */
 static void refused(const char *args, const char *needle) {
   char *out;
-  unlink(tmp("never.npy"));
-  int rc = flowc(&out, "%s", args);
+  unlink(tu_path("never.npy"));
+  int rc = tu_flowc(&out, "%s", args);
   cr_assert_eq(rc, 1, "exit %d for '%s': %s", rc, args, out);
   cr_assert(strstr(out, needle), "'%s' not in: %s", needle, out);
-  cr_assert(access(tmp("never.npy"), F_OK) != 0, "output left behind");
+  cr_assert(access(tu_path("never.npy"), F_OK) != 0, "output left behind");
   free(out);
 }
 
 Test(cli, bad_inputs) {
   char w[512];
-  snprintf(w, sizeof w, "%s", tmp("b.safetensors"));
+  snprintf(w, sizeof w, "%s", tu_path("b.safetensors"));
   init_weights(EX "moons.flow", w);
   size_t len;
   char *buf = tu_read_file(w, &len);
   float x[6] = {0, 1, 2, 3, 4, 5};
   long s3[2] = {2, 3}, s2[2] = {3, 2};
   char err[256];
-  rt_npy_save(tmp("wide.npy"), x, 2, s3, err, sizeof err);
-  rt_npy_save(tmp("ok.npy"), x, 2, s2, err, sizeof err);
+  rt_npy_save(tu_path("wide.npy"), x, 2, s3, err, sizeof err);
+  rt_npy_save(tu_path("ok.npy"), x, 2, s2, err, sizeof err);
   /* truncated weights, at several lengths */
   for (size_t cut = 0; cut < len; cut += len / 7 + 1) {
-    write_file(tmp("trunc.safetensors"), buf, cut);
+    write_file(tu_path("trunc.safetensors"), buf, cut);
     char args[1024];
     snprintf(args, sizeof args, "logprob " EX "moons.flow -w %s --data %s -o %s",
-             tmp("trunc.safetensors"), tmp("ok.npy"), tmp("never.npy"));
+             tu_path("trunc.safetensors"), tu_path("ok.npy"), tu_path("never.npy"));
     refused(args, "trunc.safetensors");
   }
   /* a mislabelled tensor: rename one inside the header */
   char *p = strstr(buf + 8, "flow.0.net.1.bias");
   cr_assert(p);
   p[5] = '7';
-  write_file(tmp("label.safetensors"), buf, len);
+  write_file(tu_path("label.safetensors"), buf, len);
   free(buf);
-  write_file(tmp("empty.npy"), "", 0);
-  write_file(tmp("empty.flow"), "", 0);
+  write_file(tu_path("empty.npy"), "", 0);
+  write_file(tu_path("empty.flow"), "", 0);
   char a[1024];
-  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", tmp("label.safetensors"),
-           tmp("ok.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", tu_path("label.safetensors"),
+           tu_path("ok.npy"), tu_path("never.npy"));
   refused(a, "flow.7.net.1.bias");
-  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", w, tmp("wide.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", w, tu_path("wide.npy"), tu_path("never.npy"));
   refused(a, "wide.npy");
-  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", w, tmp("empty.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", w, tu_path("empty.npy"), tu_path("never.npy"));
   refused(a, "empty.npy");
-  snprintf(a, sizeof a, "logprob %s -w %s --data %s -o %s", tmp("empty.flow"), w, tmp("ok.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob %s -w %s --data %s -o %s", tu_path("empty.flow"), w, tu_path("ok.npy"), tu_path("never.npy"));
   refused(a, "empty.flow");
-  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", tmp("empty.npy"), tmp("ok.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob " EX "moons.flow -w %s --data %s -o %s", tu_path("empty.npy"), tu_path("ok.npy"), tu_path("never.npy"));
   refused(a, "empty.npy");
   const char *other = "model other { dim 2; flow { actnorm; } }\n";
-  write_file(tmp("other.flow"), other, strlen(other));
-  snprintf(a, sizeof a, "logprob %s -w %s --data %s -o %s", tmp("other.flow"), w, tmp("ok.npy"), tmp("never.npy"));
+  write_file(tu_path("other.flow"), other, strlen(other));
+  snprintf(a, sizeof a, "logprob %s -w %s --data %s -o %s", tu_path("other.flow"), w, tu_path("ok.npy"), tu_path("never.npy"));
   refused(a, "flow.0.net.0.weight");
-  snprintf(a, sizeof a, "logprob " EX "moons.flow --model nope -w %s --data %s -o %s", w, tmp("ok.npy"), tmp("never.npy"));
+  snprintf(a, sizeof a, "logprob " EX "moons.flow --model nope -w %s --data %s -o %s", w, tu_path("ok.npy"), tu_path("never.npy"));
   refused(a, "nope");
-  snprintf(a, sizeof a, "sample " EX "conditional.flow -w %s -n 3 -o %s", w, tmp("never.npy"));
+  snprintf(a, sizeof a, "sample " EX "conditional.flow -w %s -n 3 -o %s", w, tu_path("never.npy"));
   refused(a, "context");
 }
 
@@ -193,9 +174,9 @@ Test(cli, random_bytes_flow) {
   for (int t = 0; t < 20; t++) {
     unsigned char junk[300];
     for (size_t i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)rand();
-    write_file(tmp("junk.flow"), junk, sizeof junk);
+    write_file(tu_path("junk.flow"), junk, sizeof junk);
     char *out;
-    int rc = flowc(&out, "check %s", tmp("junk.flow"));
+    int rc = tu_flowc(&out, "check %s", tu_path("junk.flow"));
     cr_assert_eq(rc, 1, "exit %d: %s", rc, out);
     cr_assert(strstr(out, "junk.flow:"), "%s", out);
     free(out);
@@ -208,7 +189,7 @@ Test(cli, usage_errors) {
                                     "dump " EX "moons.flow", "dump " EX "moons.flow --ir --after nopass"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char *out;
-    int rc = flowc(&out, "%s", bad[i]);
+    int rc = tu_flowc(&out, "%s", bad[i]);
     cr_assert_eq(rc, 2, "'%s' exit %d: %s", bad[i], rc, out);
     free(out);
   }
@@ -216,11 +197,11 @@ Test(cli, usage_errors) {
 
 Test(cli, dump_ir_and_llvm) {
   char *out;
-  int rc = flowc(&out, "dump " EX "moons.flow --ir --after cse");
+  int rc = tu_flowc(&out, "dump " EX "moons.flow --ir --after cse");
   cr_assert_eq(rc, 0, "%s", out);
   cr_assert(strstr(out, "entry log_prob") && strstr(out, "linear"), "%s", out);
   free(out);
-  rc = flowc(&out, "dump " EX "moons.flow --llvm");
+  rc = tu_flowc(&out, "dump " EX "moons.flow --llvm");
   cr_assert_eq(rc, 0, "%s", out);
   cr_assert(strstr(out, "define"), "%s", out);
   free(out);
@@ -230,27 +211,27 @@ Test(cli, dump_ir_and_llvm) {
 ** samples are flowc's samples, its log-densities flowc's. */
 Test(cli, shared_object_example) {
   char w[512];
-  snprintf(w, sizeof w, "%s", tmp("so.safetensors"));
+  snprintf(w, sizeof w, "%s", tu_path("so.safetensors"));
   init_weights(EX "moons.flow", w);
   char *out;
-  int rc = flowc(&out, "build " EX "moons.flow -w %s -o %s", w, tmp("libmoons.so"));
+  int rc = tu_flowc(&out, "build " EX "moons.flow -w %s -o %s", w, tu_path("libmoons.so"));
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  cr_assert(access(tmp("moons.h"), F_OK) == 0, "no header");
+  cr_assert(access(tu_path("moons.h"), F_OK) == 0, "no header");
   char cmd[2048];
   /* a sanitizer build's .so needs the sanitizer runtime in the program too */
   snprintf(cmd, sizeof cmd, "cc -O1 %s %s -I%s -L%s -lmoons -Wl,-rpath,%s -o %s", FLOWC_CC_FLAGS,
-           EX "use_so.c", tu_tmpdir(), tu_tmpdir(), tu_tmpdir(), tmp("use_so"));
+           EX "use_so.c", tu_tmpdir(), tu_tmpdir(), tu_tmpdir(), tu_path("use_so"));
   rc = tu_run(cmd, &out);
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
-  snprintf(cmd, sizeof cmd, "%s 4 21", tmp("use_so"));
+  snprintf(cmd, sizeof cmd, "%s 4 21", tu_path("use_so"));
   rc = tu_run(cmd, &out);
   cr_assert_eq(rc, 0, "%s", out);
-  rc = flowc(NULL, "sample " EX "moons.flow -w %s -n 4 --seed 21 -o %s --logprob %s", w,
-             tmp("ref.npy"), tmp("reflp.npy"));
+  rc = tu_flowc(NULL, "sample " EX "moons.flow -w %s -n 4 --seed 21 -o %s --logprob %s", w,
+             tu_path("ref.npy"), tu_path("reflp.npy"));
   cr_assert_eq(rc, 0);
-  rt_array x = load(tmp("ref.npy")), lp = load(tmp("reflp.npy"));
+  rt_array x = load(tu_path("ref.npy")), lp = load(tu_path("reflp.npy"));
   char *line = out;
   for (int i = 0; i < 4; i++) {
     float a, b, l1, l2;

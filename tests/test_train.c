@@ -34,25 +34,6 @@
 
 /* ---- helpers ---- */
 
-static int flowc(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int flowc(char **out, const char *fmt, ...) {
-  char args[4096], cmd[4600];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s", FLOWC_EXE, args);
-  return tu_run(cmd, out);
-}
-
-static const char *tmp(const char *name) {
-  static char buf[64][512];   /* a ring: results stay valid for 63 more calls */
-  static int k;
-  k = (k + 1) % 64;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", tu_tmpdir(), name);
-  return buf[k];
-}
-
 static void write_file(const char *path, const void *data, size_t n) {
   FILE *f = fopen(path, "wb");
   cr_assert(f, "cannot write %s", path);
@@ -90,7 +71,7 @@ static rt_array load(const char *path) {
 
 static void toy(const char *name, long n, int seed, const char *out) {
   char *log;
-  int rc = flowc(&log, "toy %s -n %ld --seed %d -o %s", name, n, seed, out);
+  int rc = tu_flowc(&log, "toy %s -n %ld --seed %d -o %s", name, n, seed, out);
   cr_assert_eq(rc, 0, "toy %s: %s", name, log);
   free(log);
 }
@@ -98,8 +79,8 @@ static void toy(const char *name, long n, int seed, const char *out) {
 /* Mean -log p of the rows of data under (flow, weights), by flowc logprob. */
 static double mean_nll(const char *flow, const char *w, const char *data) {
   char *log;
-  const char *lp = tmp("nll_lp.npy");
-  int rc = flowc(&log, "logprob %s -w %s --data %s -o %s --threads 2", flow, w, data, lp);
+  const char *lp = tu_path("nll_lp.npy");
+  int rc = tu_flowc(&log, "logprob %s -w %s --data %s -o %s --threads 2", flow, w, data, lp);
   cr_assert_eq(rc, 0, "logprob: %s", log);
   free(log);
   rt_array a = load(lp);
@@ -262,16 +243,16 @@ static const char SMALL_FLOW[] =
 /* ---- (a) training learns ---- */
 
 Test(train, moons_learns, .timeout = 300) {
-  const char *tr = tmp("tr.npy"), *va = tmp("va.npy"), *w0 = tmp("w0.safetensors"),
-             *w = tmp("w.safetensors");
+  const char *tr = tu_path("tr.npy"), *va = tu_path("va.npy"), *w0 = tu_path("w0.safetensors"),
+             *w = tu_path("w.safetensors");
   toy("moons", 4000, 11, tr);
   toy("moons", 1000, 12, va);
   char *log;
-  int rc = flowc(&log, "init " EX "moons.flow --seed 0 -o %s", w0);
+  int rc = tu_flowc(&log, "init " EX "moons.flow --seed 0 -o %s", w0);
   cr_assert_eq(rc, 0, "init: %s", log);
   free(log);
   double untrained = mean_nll(EX "moons.flow", w0, va);
-  rc = flowc(&log, "train " EX "moons.flow --data %s --valid %s --steps 1000 --batch 256 --lr 2e-3 "
+  rc = tu_flowc(&log, "train " EX "moons.flow --data %s --valid %s --steps 1000 --batch 256 --lr 2e-3 "
                    "--seed 0 --threads 2 -o %s", tr, va, w);
   cr_assert_eq(rc, 0, "train: %s", log);
   summary s = parse_summary(log);
@@ -293,12 +274,12 @@ Test(train, moons_learns, .timeout = 300) {
 /* ---- (b) resume equivalence ---- */
 
 static void resume_case(const char *tag, const char *opts) {
-  const char *flow = tmp("small.flow"), *data = tmp("resume.npy");
+  const char *flow = tu_path("small.flow"), *data = tu_path("resume.npy");
   char full[512], half[512], rest[512], ck[512];
-  snprintf(full, sizeof full, "%s", tmp("full.safetensors"));
-  snprintf(half, sizeof half, "%s", tmp("half.safetensors"));
-  snprintf(rest, sizeof rest, "%s", tmp("rest.safetensors"));
-  snprintf(ck, sizeof ck, "%s", tmp("ck.safetensors"));
+  snprintf(full, sizeof full, "%s", tu_path("full.safetensors"));
+  snprintf(half, sizeof half, "%s", tu_path("half.safetensors"));
+  snprintf(rest, sizeof rest, "%s", tu_path("rest.safetensors"));
+  snprintf(ck, sizeof ck, "%s", tu_path("ck.safetensors"));
   write_text(flow, SMALL_FLOW);
   toy("moons", 1000, 3, data);
   /* 900 training rows (a seeded tenth is held out), 14 batches of 64 an
@@ -307,15 +288,15 @@ static void resume_case(const char *tag, const char *opts) {
   snprintf(common, sizeof common, "train %s --data %s --steps 60 --batch 64 --lr 1e-2 --seed 5 "
                                   "--threads 1 --eval-every 7 %s", flow, data, opts);
   char *log;
-  int rc = flowc(&log, "%s -o %s", common, full);
+  int rc = tu_flowc(&log, "%s -o %s", common, full);
   cr_assert_eq(rc, 0, "%s: unbroken run: %s", tag, log);
   free(log);
-  rc = flowc(&log, "%s -o %s --stop-after 30 --checkpoint %s", common, half, ck);
+  rc = tu_flowc(&log, "%s -o %s --stop-after 30 --checkpoint %s", common, half, ck);
   cr_assert_eq(rc, 0, "%s: first half: %s", tag, log);
   summary h = parse_summary(log);
   cr_assert_eq(h.steps, 30, "%s: first half ran %ld steps", tag, h.steps);
   free(log);
-  rc = flowc(&log, "%s -o %s --resume %s", common, rest, ck);
+  rc = tu_flowc(&log, "%s -o %s --resume %s", common, rest, ck);
   cr_assert_eq(rc, 0, "%s: resumed run: %s", tag, log);
   summary r = parse_summary(log);
   cr_assert_eq(r.steps, 30, "%s: resumed run ran %ld steps", tag, r.steps);
@@ -335,22 +316,22 @@ Test(train, resume_equals_unbroken_run, .timeout = 300) {
 ** nothing.
 */
 Test(train, resume_takes_seed_from_checkpoint, .timeout = 300) {
-  const char *flow = tmp("small.flow"), *data = tmp("resume.npy"), *ck = tmp("ck.safetensors");
+  const char *flow = tu_path("small.flow"), *data = tu_path("resume.npy"), *ck = tu_path("ck.safetensors");
   char full[512], rest[512];
-  snprintf(full, sizeof full, "%s", tmp("full.safetensors"));
-  snprintf(rest, sizeof rest, "%s", tmp("rest.safetensors"));
+  snprintf(full, sizeof full, "%s", tu_path("full.safetensors"));
+  snprintf(rest, sizeof rest, "%s", tu_path("rest.safetensors"));
   write_text(flow, SMALL_FLOW);
   toy("moons", 1000, 3, data);
   char *log;
   const char *common = "--steps 40 --batch 64 --lr 1e-2 --threads 1";
-  int rc = flowc(&log, "train %s --data %s %s --seed 5 -o %s", flow, data, common, full);
+  int rc = tu_flowc(&log, "train %s --data %s %s --seed 5 -o %s", flow, data, common, full);
   cr_assert_eq(rc, 0, "%s", log);
   free(log);
-  rc = flowc(&log, "train %s --data %s %s --seed 5 -o %s --stop-after 20 --checkpoint %s", flow,
-             data, common, tmp("half.safetensors"), ck);
+  rc = tu_flowc(&log, "train %s --data %s %s --seed 5 -o %s --stop-after 20 --checkpoint %s", flow,
+             data, common, tu_path("half.safetensors"), ck);
   cr_assert_eq(rc, 0, "%s", log);
   free(log);
-  rc = flowc(&log, "train %s --data %s %s -o %s --resume %s", flow, data, common, rest, ck);
+  rc = tu_flowc(&log, "train %s --data %s %s -o %s --resume %s", flow, data, common, rest, ck);
   cr_assert_eq(rc, 0, "%s", log);
   free(log);
   assert_same_tensors(full, rest);
@@ -359,8 +340,8 @@ Test(train, resume_takes_seed_from_checkpoint, .timeout = 300) {
 /* ---- (c) early stopping keeps the best weights ---- */
 
 Test(train, patience_keeps_best, .timeout = 300) {
-  const char *flow = tmp("small.flow"), *tr = tmp("es_tr.npy"), *va = tmp("es_va.npy"),
-             *w = tmp("es.safetensors");
+  const char *flow = tu_path("small.flow"), *tr = tu_path("es_tr.npy"), *va = tu_path("es_va.npy"),
+             *w = tu_path("es.safetensors");
   write_text(flow, SMALL_FLOW);
   toy("moons", 1000, 3, tr);
   toy("moons", 500, 9, va);
@@ -369,7 +350,7 @@ Test(train, patience_keeps_best, .timeout = 300) {
   char *log, common[1024];
   snprintf(common, sizeof common, "train %s --data %s --valid %s --steps 2000 --batch 64 --lr 2e-2 "
                                   "--seed 1 --threads 1 --eval-every 10 --patience 3", flow, tr, va);
-  int rc = flowc(&log, "%s -o %s", common, w);
+  int rc = tu_flowc(&log, "%s -o %s", common, w);
   cr_assert_eq(rc, 0, "%s", log);
   cr_assert(strstr(log, "early stop"), "no early stop:\n%s", log);
   summary s = parse_summary(log);
@@ -395,12 +376,12 @@ Test(train, patience_keeps_best, .timeout = 300) {
   /* interrupted after the best step and resumed, it stops at the same
   ** step with the same best weights (the checkpoint carries them) */
   long half = s.best_step + 5;
-  const char *ck = tmp("es_ck.safetensors"), *wr = tmp("es_resumed.safetensors");
-  rc = flowc(&log, "%s -o %s --stop-after %ld --checkpoint %s", common, tmp("es_half.safetensors"),
+  const char *ck = tu_path("es_ck.safetensors"), *wr = tu_path("es_resumed.safetensors");
+  rc = tu_flowc(&log, "%s -o %s --stop-after %ld --checkpoint %s", common, tu_path("es_half.safetensors"),
              half, ck);
   cr_assert_eq(rc, 0, "first part: %s", log);
   free(log);
-  rc = flowc(&log, "%s -o %s --resume %s", common, wr, ck);
+  rc = tu_flowc(&log, "%s -o %s --resume %s", common, wr, ck);
   cr_assert_eq(rc, 0, "resumed: %s", log);
   summary r = parse_summary(log);
   free(log);
@@ -414,10 +395,10 @@ Test(train, patience_keeps_best, .timeout = 300) {
 /* -O0: the data are checked the same at any level, and compile faster. */
 static void refused(const char *flow, const char *data, const char *extra, const char *expect,
                     const char *expect2) {
-  const char *out = tmp("bad_out.safetensors");
+  const char *out = tu_path("bad_out.safetensors");
   unlink(out);
   char *log;
-  int rc = flowc(&log, "train %s -O0 --data %s --steps 5 --threads 1 %s -o %s", flow, data, extra, out);
+  int rc = tu_flowc(&log, "train %s -O0 --data %s --steps 5 --threads 1 %s -o %s", flow, data, extra, out);
   cr_assert_eq(rc, 1, "%s: exit %d:\n%s", data, rc, log);
   cr_assert(strstr(log, expect), "%s: message lacks '%s':\n%s", data, expect, log);
   if (expect2) cr_assert(strstr(log, expect2), "%s: message lacks '%s':\n%s", data, expect2, log);
@@ -430,13 +411,13 @@ static void refused(const char *flow, const char *data, const char *extra, const
 }
 
 Test(train, bad_data_refused, .timeout = 300) {
-  const char *flow = tmp("small.flow"), *good = tmp("good.npy");
+  const char *flow = tu_path("small.flow"), *good = tu_path("good.npy");
   write_text(flow, SMALL_FLOW);
   toy("moons", 200, 1, good);
   float v[30];
   for (int i = 0; i < 30; i++) v[i] = (float)(i % 7) * 0.25f - 0.7f;
-  const char *d3 = tmp("three_cols.npy"), *dnan = tmp("nan.npy"), *dinf = tmp("inf.npy"),
-             *dempty = tmp("empty.npy"), *d0 = tmp("zero_rows.npy");
+  const char *d3 = tu_path("three_cols.npy"), *dnan = tu_path("nan.npy"), *dinf = tu_path("inf.npy"),
+             *dempty = tu_path("empty.npy"), *d0 = tu_path("zero_rows.npy");
   write_npy(d3, v, 10, 3);
   float vn[20];
   memcpy(vn, v, sizeof vn);
@@ -460,13 +441,13 @@ Test(train, bad_data_refused, .timeout = 300) {
   refused(flow, good, extra, "three_cols.npy", NULL);
   snprintf(extra, sizeof extra, "--valid %s", dempty);
   refused(flow, good, extra, "empty.npy", NULL);
-  refused(flow, tmp("missing.npy"), "", "missing.npy", NULL);
+  refused(flow, tu_path("missing.npy"), "", "missing.npy", NULL);
 
   /* a bad file does not replace a good output already there */
-  const char *keep = tmp("keep.safetensors");
+  const char *keep = tu_path("keep.safetensors");
   write_text(keep, "previous contents");
   char *log;
-  int rc = flowc(&log, "train %s -O0 --data %s --steps 5 -o %s", flow, dnan, keep);
+  int rc = tu_flowc(&log, "train %s -O0 --data %s --steps 5 -o %s", flow, dnan, keep);
   cr_assert_eq(rc, 1, "%s", log);
   free(log);
   size_t n;
@@ -475,18 +456,18 @@ Test(train, bad_data_refused, .timeout = 300) {
   free(k);
 
   /* usage errors: exit 2, nothing written */
-  const char *out = tmp("usage.safetensors");
-  rc = flowc(&log, "train %s --data %s --schedule linear -o %s", flow, good, out);
+  const char *out = tu_path("usage.safetensors");
+  rc = tu_flowc(&log, "train %s --data %s --schedule linear -o %s", flow, good, out);
   cr_assert_eq(rc, 2, "unknown schedule: exit %d: %s", rc, log);
   cr_assert(strstr(log, "schedule"), "%s", log);
   free(log);
-  rc = flowc(&log, "train %s --data %s --optimizer sgd -o %s", flow, good, out);
+  rc = tu_flowc(&log, "train %s --data %s --optimizer sgd -o %s", flow, good, out);
   cr_assert_eq(rc, 2, "unknown optimizer: exit %d: %s", rc, log);
   free(log);
-  rc = flowc(&log, "train %s --data %s --lr -1 -o %s", flow, good, out);
+  rc = tu_flowc(&log, "train %s --data %s --lr -1 -o %s", flow, good, out);
   cr_assert_eq(rc, 2, "negative lr: exit %d: %s", rc, log);
   free(log);
-  rc = flowc(&log, "train %s -o %s", flow, out);
+  rc = tu_flowc(&log, "train %s -o %s", flow, out);
   cr_assert_eq(rc, 2, "no --data: exit %d: %s", rc, log);
   free(log);
   cr_assert_neq(access(out, F_OK), 0);
@@ -495,7 +476,7 @@ Test(train, bad_data_refused, .timeout = 300) {
 /* ---- (e) a non-finite loss ---- */
 
 Test(train, nonfinite_loss_stops, .timeout = 300) {
-  const char *flow = tmp("exp.flow"), *data = tmp("nf.npy"), *w = tmp("nf.safetensors");
+  const char *flow = tu_path("exp.flow"), *data = tu_path("nf.npy"), *w = tu_path("nf.safetensors");
   write_text(flow,
              "model e {\n  dim 2;\n  base normal;\n  flow {\n"
              "    affine_coupling(net = mlp(hidden = [8]), scale = exp);\n"
@@ -503,7 +484,7 @@ Test(train, nonfinite_loss_stops, .timeout = 300) {
              "    affine_coupling(net = mlp(hidden = [8]), scale = exp);\n  }\n}\n");
   toy("moons", 500, 2, data);
   char *log;
-  int rc = flowc(&log, "train %s --data %s --steps 50 --lr 1e30 --threads 1 -o %s", flow, data, w);
+  int rc = tu_flowc(&log, "train %s --data %s --steps 50 --lr 1e30 --threads 1 -o %s", flow, data, w);
   cr_assert_eq(rc, 1, "exit %d:\n%s", rc, log);
   cr_assert(strstr(log, "not finite"), "no clear message:\n%s", log);
   cr_assert(!strstr(log, "step 50/50"), "trained on through a non-finite loss:\n%s", log);
@@ -513,12 +494,12 @@ Test(train, nonfinite_loss_stops, .timeout = 300) {
   cr_assert(all_finite(w, &n), "%s holds non-finite weights", w);
   cr_assert_gt(n, 0);
   /* the kept weights are the last with a finite loss: their densities are finite */
-  rc = flowc(&log, "logprob %s -w %s --data %s -o %s", flow, w, data, tmp("nf_lp.npy"));
+  rc = tu_flowc(&log, "logprob %s -w %s --data %s -o %s", flow, w, data, tu_path("nf_lp.npy"));
   cr_assert_eq(rc, 0, "%s", log);
   free(log);
   rt_array lp = {0};
   char err[256];
-  cr_assert_eq(rt_array_load(tmp("nf_lp.npy"), &lp, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(rt_array_load(tu_path("nf_lp.npy"), &lp, err, sizeof err), 0, "%s", err);
   for (long i = 0; i < lp.rows; i++) cr_assert(isfinite(lp.data[i]), "row %ld: %g", i, lp.data[i]);
   rt_array_free(&lp);
 }
@@ -530,9 +511,9 @@ Test(train, toy_data_sets, .timeout = 120) {
                                       "2spirals"};
   for (int i = 0; i < 6; i++) {
     char a[600], b[600], c[600];
-    snprintf(a, sizeof a, "%s", tmp("toy_a.npy"));
-    snprintf(b, sizeof b, "%s", tmp("toy_b.npy"));
-    snprintf(c, sizeof c, "%s", tmp("toy_c.npy"));
+    snprintf(a, sizeof a, "%s", tu_path("toy_a.npy"));
+    snprintf(b, sizeof b, "%s", tu_path("toy_b.npy"));
+    snprintf(c, sizeof c, "%s", tu_path("toy_c.npy"));
     toy(names[i], 300, 7, a);
     toy(names[i], 300, 7, b);
     toy(names[i], 300, 8, c);
@@ -551,9 +532,9 @@ Test(train, toy_data_sets, .timeout = 120) {
     cr_assert(memcmp(x.data, z.data, 600 * sizeof(float)), "%s: the seed changes nothing", names[i]);
     rt_array_free(&x); rt_array_free(&y); rt_array_free(&z);
   }
-  const char *out = tmp("toy_bad.npy");
+  const char *out = tu_path("toy_bad.npy");
   char *log;
-  int rc = flowc(&log, "toy swirl -n 10 --seed 1 -o %s", out);
+  int rc = tu_flowc(&log, "toy swirl -n 10 --seed 1 -o %s", out);
   cr_assert_eq(rc, 1, "unknown name: exit %d: %s", rc, log);
   cr_assert(strstr(log, "swirl"), "%s", log);
   free(log);

@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,4 +79,22 @@ double tu_logabsdet(double *M, int D) {
     }
   }
   return s;
+}
+
+int tu_flowc(char **out, const char *fmt, ...) {
+  char args[4096], cmd[4600];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s", FLOWC_EXE, args);
+  return tu_run(cmd, out);
+}
+
+const char *tu_path(const char *name) {
+  static char buf[64][512];
+  static int k;
+  k = (k + 1) % 64;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", tu_tmpdir(), name);
+  return buf[k];
 }

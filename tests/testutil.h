@@ -14,6 +14,11 @@ const char *tu_tmpdir(void);
 /* Max |a-b| / max(1, |b|) over n values. */
 double tu_max_rel_err(const float *a, const float *b, size_t n);
 
+/* Runs FLOWC_EXE with printf-formatted arguments, like tu_run. */
+int tu_flowc(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* NAME inside tu_tmpdir(); a ring of 64 buffers, each valid for 63 more calls. */
+const char *tu_path(const char *name);
+
 /* log|det M| of a D x D row-major matrix (destroyed), by elimination
 ** with partial pivoting. */
 double tu_logabsdet(double *M, int D);
