@@ -6,7 +6,8 @@
 ** sample and compares. The examples, plus models written here that reach
 ** the corners: D = 1 with and without context, an odd split, every
 ** activation and scale, splines with one bin and a small bound, permute
-** lists, a shaped dim and a file with several models (--model).
+** lists, a shaped dim, a file with several models (--model), and maf /
+** iaf (MADE masks, affine and spline) with and without context.
 **
 ** torch_ref.py exits 77 when torch is not importable: the test is then
 ** skipped, loudly, except under CI (environment variable CI set), where
@@ -87,6 +88,8 @@ Test(torch, moons) { torch_check("moons", EX "moons.flow", NULL, 1); }
 Test(torch, glow) { torch_check("glow", EX "glow.flow", NULL, 2); }
 Test(torch, spline) { torch_check("spline", EX "spline.flow", NULL, 3); }
 Test(torch, conditional) { torch_check("conditional", EX "conditional.flow", NULL, 4); }
+Test(torch, maf_example) { torch_check("maf", EX "maf.flow", "maf", 16); }
+Test(torch, maf_example_spline) { torch_check("nsf_ar", EX "maf.flow", "nsf_ar", 17); }
 
 /* ---- corners ---- */
 
@@ -212,3 +215,72 @@ static const char *multi_flow(void) {
 Test(torch, multi_model_grid) { torch_check("multi_grid", multi_flow(), "grid", 9); }
 Test(torch, multi_model_ctx) { torch_check("multi_ctx", multi_flow(), "ctx5", 10); }
 Test(torch, multi_model_first) { torch_check("multi_first", multi_flow(), NULL, 11); }
+
+/* ---- autoregressive layers (maf, iaf; section 5 masks) ---- */
+
+/* D = 4 with context 2 (hidden units of degree 0 carry the context): maf
+** and iaf with every scale, both splines (dim i's 3K-1 outputs from
+** i(3K-1)), a made without hidden layer, permutations between. */
+Test(torch, autoregressive_context) {
+  torch_check("ar_context", tmp_model("ar_context",
+    "model ar {\n"
+    "  dim 4;\n"
+    "  context 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    maf(net = made(hidden = [16, 16], act = gelu), scale = tanh);\n"
+    "    permute(reverse);\n"
+    "    iaf(net = made(hidden = [12], act = tanh), scale = sigmoid);\n"
+    "    maf(net = made(hidden = [10, 10], act = silu), transform = spline(bins = 5, bound = 2.5));\n"
+    "    permute([2, 0, 3, 1]);\n"
+    "    iaf(net = made(hidden = [9]), transform = spline);\n"
+    "    maf(net = made(hidden = [], act = elu), scale = exp);\n"
+    "  }\n"
+    "}\n"), NULL, 12);
+}
+
+/* Without context (hidden degrees (k mod (D-1)) + 1), an odd D, a spline
+** with one bin and a small bound, maf/iaf next to actnorm and linear_lu;
+** and D = 1 with and without context (degree-1 outputs see no u: biases,
+** or the context only). */
+static const char *ar_corners_flow(void) {
+  return tmp_model("ar_corners",
+    "model nc {\n"
+    "  dim 5;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    iaf(net = made(hidden = [7, 11], act = elu), scale = exp);\n"
+    "    maf(net = made(hidden = [13], act = lipswish), transform = spline(bins = 1, bound = 0.5));\n"
+    "    actnorm;\n"
+    "    maf(net = made(hidden = [8], act = gelu_tanh), scale = sigmoid);\n"
+    "    linear_lu;\n"
+    "    iaf(net = made(hidden = [6, 6], act = softplus), transform = spline(bins = 4, bound = 2));\n"
+    "    iaf(net = made(hidden = []), scale = tanh);\n"
+    "  }\n"
+    "}\n"
+    "model one {\n"
+    "  dim 1;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    maf(net = made(hidden = [4], act = tanh), scale = tanh);\n"
+    "    iaf(net = made(hidden = [3]), transform = spline(bins = 3, bound = 1.5));\n"
+    "    maf(net = made(hidden = []), transform = spline(bins = 2, bound = 2));\n"
+    "    iaf(net = made(hidden = [5], act = silu), scale = sigmoid);\n"
+    "  }\n"
+    "}\n"
+    "model onec {\n"
+    "  dim 1;\n"
+    "  context 3;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    maf(net = made(hidden = [4], act = tanh), scale = exp);\n"
+    "    iaf(net = made(hidden = [3]), transform = spline(bins = 3, bound = 1.5));\n"
+    "    maf(net = made(hidden = [], act = relu), scale = tanh);\n"
+    "    iaf(net = made(hidden = [5, 5], act = silu), scale = sigmoid);\n"
+    "  }\n"
+    "}\n");
+}
+
+Test(torch, autoregressive_no_context) { torch_check("ar_nc", ar_corners_flow(), "nc", 13); }
+Test(torch, autoregressive_dim1) { torch_check("ar_one", ar_corners_flow(), "one", 14); }
+Test(torch, autoregressive_dim1_context) { torch_check("ar_onec", ar_corners_flow(), "onec", 15); }

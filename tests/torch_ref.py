@@ -5,7 +5,8 @@ Usage:
   torch_ref.py FLOWC_EXE MODEL.flow WORKDIR [--model NAME] [--seed S] [--n N]
   torch_ref.py --selftest            (no flowc: the reference checks itself)
 
-The layer mathematics of flow-language.md (sections 2-4, 5a, 9) is written
+The layer mathematics of flow-language.md (sections 2-5a, 9; maf and iaf as
+docs/choices.md "Autoregressive layers" extends them) is written
 here again, from the spec, in torch float64; nothing is taken from flowc but
 the layer list (`flowc check`) and the tensor names and shapes (`flowc init`).
 The weights are then replaced by random values so that no layer is near the
@@ -134,10 +135,13 @@ def activation(name, x):
     raise ValueError("unknown activation " + name)
 
 
-def mlp(inp, layers, act):
-    """layers: list of (W [out, in], b [out]); act after all but the last."""
+def mlp(inp, layers, act, masks=None):
+    """layers: list of (W [out, in], b [out]); act after all but the last.
+    masks: optional list of 0/1 matrices shaped like the W (MADE)."""
     h = inp
     for j, (W, b) in enumerate(layers):
+        if masks is not None:
+            W = W * masks[j]
         h = h @ W.T + b if W.shape[1] > 0 else b.expand(h.shape[0], -1).clone()
         if j < len(layers) - 1:
             h = activation(act, h)
@@ -152,6 +156,47 @@ def scale_fn(name, h):
     if name == "sigmoid":   # log(sigmoid(h + 2)), computed stably
         return -softplus(-(h + 2))
     raise ValueError("unknown scale " + name)
+
+
+def made_degrees(D, C, sizes, out_deg):
+    """Degrees of section 5: inputs [u, c], hidden layers of the given sizes,
+    outputs with the given degrees."""
+    degs = [list(range(1, D + 1)) + [0] * C]
+    for n in sizes:
+        if C:
+            degs.append([k % D for k in range(n)])
+        elif D == 1:
+            degs.append([1] * n)
+        else:
+            degs.append([(k % (D - 1)) + 1 for k in range(n)])
+    degs.append(list(out_deg))
+    return degs
+
+
+def made_masks(D, C, sizes, out_deg):
+    """One 0/1 matrix [out, in] per linear layer: hidden units see previous
+    units of degree <= their own, outputs units of degree < their own."""
+    degs = made_degrees(D, C, sizes, out_deg)
+    masks = []
+    for j in range(len(degs) - 1):
+        din = torch.tensor(degs[j], dtype=F64)
+        dout = torch.tensor(degs[j + 1], dtype=F64)
+        if j == len(degs) - 2:
+            M = (din.unsqueeze(0) < dout.unsqueeze(1))
+        else:
+            M = (din.unsqueeze(0) <= dout.unsqueeze(1))
+        masks.append(M.to(F64))
+    return masks
+
+
+def ar_out_degrees(D, opts):
+    """maf/iaf output degrees (docs/choices.md): affine, outputs j and D + j
+    (s_j, t_j) have degree j + 1; spline, dim i's 3K-1 outputs from i(3K-1)
+    have degree i + 1."""
+    if opts.get("transform") == "spline":
+        K = int(opts.get("bins", 8))
+        return [i + 1 for i in range(D) for _ in range(3 * K - 1)]
+    return [j + 1 for j in range(D)] * 2
 
 
 def rqs_knots(w, B):
@@ -209,6 +254,7 @@ class Layer:
     def __init__(self, kind, opts):
         self.kind, self.opts = kind, opts
         self.net = None       # [(W, b)]
+        self.masks = None     # MADE masks (maf, iaf), made on first use
         self.p = {}
 
     # forward: generative direction u -> y, returns (y, log|det J_f|)
@@ -225,10 +271,48 @@ class Layer:
             inp = torch.cat([inp, c], dim=1)
         return mlp(inp, self.net, self.opts.get("act", "relu"))
 
+    def _made(self, v, c, D):
+        """The MADE network on [v, c], masked as section 5 says."""
+        C = 0 if c is None else c.shape[1]
+        if self.masks is None:
+            sizes = [W.shape[0] for W, _ in self.net[:-1]]
+            self.masks = made_masks(D, C, sizes, ar_out_degrees(D, self.opts))
+        inp = v if c is None else torch.cat([v, c], dim=1)
+        return mlp(inp, self.net, self.opts.get("act", "relu"), self.masks)
+
+    def _ar_step(self, v, h, D, inv):
+        """The elementwise transform of every dim of v with the parameters h
+        (computed from the conditioning values); returns (out, log|d out/d v|)."""
+        N = v.shape[0]
+        if self.opts.get("transform") == "spline":
+            K, B = int(self.opts.get("bins", 8)), float(self.opts.get("bound", 3))
+            out, ld = rqs(v, h.reshape(N, D, 3 * K - 1), K, B, inv)
+            return out, ld.sum(1)
+        s = scale_fn(self.opts.get("scale", "tanh"), h[:, :D])
+        t = h[:, D:2 * D]
+        if inv:
+            return (v - t) * torch.exp(-s), -s.sum(1)
+        return v * torch.exp(s) + t, s.sum(1)
+
+    def _autoregressive(self, v, c, D, inv):
+        """maf: y_i = f(u_i; net(y)_i); iaf: y_i = f(u_i; net(u)_i). The
+        parallel direction is one pass; the sequential one is solved by D
+        sweeps (after sweep i dims 0..i are exact, the masks making dim i
+        depend only on dims < i)."""
+        parallel = (self.kind == "maf") == inv
+        if parallel:
+            return self._ar_step(v, self._made(v, c, D), D, inv)
+        out = torch.zeros_like(v)
+        for _ in range(D):
+            out, ld = self._ar_step(v, self._made(out, c, D), D, inv)
+        return out, ld
+
     def _apply(self, u, c, D, inv):
         N, d = u.shape[0], D // 2
         zero = torch.zeros(N, dtype=u.dtype)
         k = self.kind
+        if k in ("maf", "iaf"):
+            return self._autoregressive(u, c, D, inv)
         if k in ("affine_coupling", "additive_coupling", "spline_coupling"):
             h = self._cond(u, c, D)
             a, b = u[:, :d], u[:, d:]
@@ -329,6 +413,8 @@ def parse_check(text, want):
             if k != len(cur["layers"]):
                 raise ValueError("check output: layer %d out of order" % k)
             opts = {}
+            if kind in ("maf", "iaf"):
+                opts["transform"] = "spline" if re.search(r"\btransform = spline\b", rest) else "affine"
             for key in ("act", "scale", "bins", "bound", "seed"):
                 mm = re.search(r"\b%s = ([-+\w.]+)" % key, rest)
                 if mm:
@@ -349,8 +435,17 @@ def parse_check(text, want):
     raise ValueError("model %s not in `flowc check` output" % want)
 
 
+NET_KINDS = ("affine_coupling", "additive_coupling", "spline_coupling", "maf", "iaf")
+
+
+def is_spline(kind, opts):
+    return kind == "spline_coupling" or (kind in ("maf", "iaf") and opts.get("transform") == "spline")
+
+
 def net_out(kind, D, opts):
     d = D // 2
+    if kind in ("maf", "iaf"):
+        return D * (3 * int(opts.get("bins", 8)) - 1) if opts.get("transform") == "spline" else 2 * D
     if kind == "affine_coupling":
         return 2 * (D - d)
     if kind == "additive_coupling":
@@ -363,8 +458,9 @@ def expected_names(model):
     D, C, out = model["D"], model["C"], {}
     for k, (kind, o) in enumerate(model["layers"]):
         p = "flow.%d." % k
-        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
-            sizes = [D // 2 + C] + o.get("hidden", []) + [net_out(kind, D, o)]
+        if kind in NET_KINDS:
+            nin = D + C if kind in ("maf", "iaf") else D // 2 + C
+            sizes = [nin] + o.get("hidden", []) + [net_out(kind, D, o)]
             for j in range(len(sizes) - 1):
                 out[p + "net.%d.weight" % j] = ("F32", [sizes[j + 1], sizes[j]])
                 out[p + "net.%d.bias" % j] = ("F32", [sizes[j + 1]])
@@ -391,7 +487,7 @@ def build_flow(model, weights):
     for k, (kind, o) in enumerate(model["layers"]):
         L = Layer(kind, o)
         p = "flow.%d." % k
-        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+        if kind in NET_KINDS:
             net, j = [], 0
             while p + "net.%d.weight" % j in weights:   # sizes from the shapes
                 net.append((torch.tensor(weights[p + "net.%d.weight" % j], dtype=F64),
@@ -415,7 +511,7 @@ def randomize(model, w0, rng):
     out = {}
     for k, (kind, o) in enumerate(model["layers"]):
         p = "flow.%d." % k
-        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+        if kind in NET_KINDS:
             j = 0
             while p + "net.%d.weight" % j in w0:
                 W = w0[p + "net.%d.weight" % j][1]
@@ -423,7 +519,7 @@ def randomize(model, w0, rng):
                 fan = max(W.shape[1], 1)
                 if not last:
                     ws, bs = 1.0, 0.3
-                elif kind == "spline_coupling":
+                elif is_spline(kind, o):
                     ws, bs = 0.6, 0.3     # uneven bins, derivatives far from 1
                 elif o.get("scale") == "exp":
                     ws, bs = 0.1, 0.2     # s = h is unbounded: keep it small
@@ -537,7 +633,7 @@ def fp32_budget(flow, x, c, ulps=4.0):
         lp = -0.5 * (u ** 2).sum(1) + ld
         (g,) = torch.autograd.grad(lp.sum(), v)
         L = flow.layers[k]
-        scale = float(L.opts.get("bound", 3)) if L.kind == "spline_coupling" else 1.0
+        scale = float(L.opts.get("bound", 3)) if is_spline(L.kind, L.opts) else 1.0
         budget += (g.abs() * torch.clamp(v.detach().abs(), min=scale)).sum(1) * ulps * 2.0 ** -24
     return budget.numpy()
 
@@ -589,7 +685,7 @@ def check_init(rep, model, w0):
     D, problems = model["D"], []
     for k, (kind, o) in enumerate(model["layers"]):
         p = "flow.%d." % k
-        if kind in ("affine_coupling", "additive_coupling", "spline_coupling"):
+        if kind in NET_KINDS:
             nl = len(o.get("hidden", [])) + 1
             for j in range(nl):
                 W, b = w0[p + "net.%d.weight" % j][1], w0[p + "net.%d.bias" % j][1]
@@ -692,7 +788,7 @@ def main(argv):
     # (c) data
     N = a.n
     x = (1.5 * rng.normal(size=(N, D))).astype(np.float32)
-    B = max([float(o.get("bound", 3)) for k, o in model["layers"] if k == "spline_coupling"] or [3.0])
+    B = max([float(o.get("bound", 3)) for k, o in model["layers"] if is_spline(k, o)] or [3.0])
     x[0, :] = 0
     x[1, :] = B
     x[2, :] = -B
@@ -719,6 +815,8 @@ def main(argv):
 
     # the reference against itself
     self_checks(rep, flow, xt, ct)
+    if any(L.kind in ("maf", "iaf") for L in flow.layers):
+        made_structure(rep, flow, xt[7:], None if ct is None else ct[7:])
 
     ref_lp = flow.log_prob(xt, ct).numpy()
     bud = fp32_budget(flow, xt, ct)     # only matters where a spline is steep
@@ -838,6 +936,14 @@ def selftest():
                    ("actnorm", {}), ("linear_lu", {}),
                    ("spline_coupling", {"act": "silu", "hidden": [6], "bins": 3, "bound": 1.0})]
         cases.append({"name": "self_D%d_C%d" % (D, C), "D": D, "C": C, "layers": layers})
+        layers = [("maf", {"act": "gelu", "hidden": [9, 9], "transform": "affine", "scale": "tanh"}),
+                  ("iaf", {"act": "elu", "hidden": [7], "transform": "affine", "scale": "sigmoid"}),
+                  ("permute", {"perm_kind": "reverse"}),
+                  ("maf", {"act": "silu", "hidden": [8], "transform": "spline", "bins": 5, "bound": 2.5}),
+                  ("iaf", {"act": "tanh", "hidden": [6, 5], "transform": "spline", "bins": 3, "bound": 2.0}),
+                  ("maf", {"act": "relu", "hidden": [], "transform": "affine", "scale": "exp"}),
+                  ("iaf", {"act": "relu", "hidden": [], "transform": "spline", "bins": 2, "bound": 1.0})]
+        cases.append({"name": "self_D%d_C%d_ar" % (D, C), "D": D, "C": C, "layers": layers})
     for model in cases:
         D, C = model["D"], model["C"]
         print("torch_ref selftest: D %d, context %d, %d layers" % (D, C, len(model["layers"])))
@@ -860,6 +966,8 @@ def selftest():
         self_checks(rep, flow, x, c, rows=8)
         lp = flow.log_prob(x, c)
         rep.ok(bool(torch.all(torch.isfinite(lp))), "torch: log_prob finite")
+        if any(L.kind in ("maf", "iaf") for L in flow.layers):
+            made_structure(rep, flow, x, c)
     # the spline alone against a direct, scalar transcription of section 5a
     K, B = 5, 2.0
     row = torch.tensor(rng.normal(size=(1, 1, 3 * K - 1)) * 1.5)
@@ -902,6 +1010,40 @@ def selftest():
         rep.ok(same, "safetensors write/read round trip")
     print("torch_ref selftest: %s" % ("all checks agree" if not rep.failed else "%d FAILED" % rep.failed))
     return 1 if rep.failed else 0
+
+
+def made_structure(rep, flow, x, c):
+    """The masked networks are autoregressive (output o of degree m depends
+    on no u_i with i + 1 >= m) and depend on exactly the inputs that a path
+    through the masks reaches (so the masks are applied, and no more is cut:
+    with context, every output sees every context value through the units of
+    degree 0)."""
+    D, C = flow.D, 0 if c is None else c.shape[1]
+    bad = []
+    for k, L in enumerate(flow.layers):
+        if L.kind not in ("maf", "iaf"):
+            continue
+        deg = torch.tensor(ar_out_degrees(D, L.opts))
+        nz_u = torch.zeros(len(deg), D, dtype=torch.bool)
+        nz_c = torch.zeros(len(deg), max(C, 1), dtype=torch.bool)
+        for r in range(4):
+            ci = None if c is None else c[r:r + 1]
+            J = torch.autograd.functional.jacobian(lambda v: L._made(v.unsqueeze(0), ci, D)[0], x[r])
+            nz_u |= J.abs() > 1e-12
+            if C:
+                J = torch.autograd.functional.jacobian(lambda w: L._made(x[r:r + 1], w.unsqueeze(0), D)[0], c[r])
+                nz_c |= J.abs() > 1e-12
+        reach = L.masks[0] > 0
+        for M in L.masks[1:]:
+            reach = (M @ reach.to(F64)) > 0
+        causal = torch.arange(D).unsqueeze(0) + 1 < deg.unsqueeze(1)
+        if bool((reach[:, :D] & ~causal).any()):
+            bad.append("flow.%d (%s): masks are not autoregressive" % (k, L.kind))
+        if not torch.equal(nz_u, reach[:, :D]):
+            bad.append("flow.%d (%s): d net / d u pattern differs from the masks" % (k, L.kind))
+        if C and not (bool(nz_c.all()) and bool(reach[:, D:].all())):
+            bad.append("flow.%d (%s): some output ignores the context" % (k, L.kind))
+    rep.ok(not bad, "torch: MADE nets autoregressive, masks applied", "; ".join(bad))
 
 
 def rqs_scalar(u, row, K, B):
