@@ -217,7 +217,9 @@ int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errl
     if (bytes && w->data[i] != m->params[i]) memcpy(m->params[i], w->data[i], bytes);
   }
   m->w.step = w->step;
-  for (int e = 0; e < nprog(m); e++) run_prep(m, e);
+  /* every training step ends here: skip the programs of kernels not compiled */
+  for (int e = 0; e < nprog(m); e++)
+    if (e < RT_NENTRY ? m->k[e] != NULL : m->train != NULL) run_prep(m, e);
   return RT_OK;
 }
 
