@@ -3,10 +3,12 @@
 ** native code: the runtime descriptor, an in-process JIT (LLVM ORC LLJIT)
 ** and a shared object with the flowc-cli.md API.
 **
-** Each entry becomes one kernel `void flowc_<model>_<entry>(void *const
+** Each entry becomes one kernel `int32_t flowc_<model>_<entry>(void *const
 ** *args, int64_t nrows)` with the ABI of runtime/rt.h; it processes up to
 ** desc.tile rows through the whole graph, every column size a compile-time
-** constant. The train graph (p->train, when present) becomes the gradient
+** constant, and returns 0, or 1 + layer when a fixed-point loop (IR_FIX_END)
+** of that layer left a row of the tile unconverged. IR_LOGDET and
+** IR_LOGDET_GRAD take D <= RT_K_LOGDET_MAX (a larger D is a codegen error). The train graph (p->train, when present) becomes the gradient
 ** kernel flowc_<model>_train of rt.h's training ABI: in the JIT only, a
 ** shared object is for inference. Only codegen/ includes the LLVM headers.
 */

@@ -4,7 +4,10 @@
 ** Parameters map one to one (ir_init and rt_init share their order). Each
 ** entry's prep program (and the train graph's, in desc->train) is its
 ** parameter-class nodes with node->prep >= 0, in prep order; an argument is an IR_PARAM (its parameter index) or an
-** earlier prep node (nparams + its prep index).
+** earlier prep node (nparams + its prep index). IR_SPECNORM is mode 1 (one
+** power step that advances sn_u) in the train graph's program only, mode
+** 0 (to convergence, u read only) in the entries'. The train graph's
+** noise layout (ir_program.noise) is copied into desc->noise.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
@@ -25,12 +28,27 @@ static int prep_op(ir_op op, rt_prep_op *out) {
   case IR_LU_W: *out = RT_PREP_LU_W; return 0;
   case IR_LU_WINV: *out = RT_PREP_LU_WINV; return 0;
   case IR_MADE_MASK: *out = RT_PREP_MADE_MASK; return 0;
+  case IR_SPECNORM: *out = RT_PREP_SPECNORM; return 0;
+  case IR_PGATHER: *out = RT_PREP_GATHER; return 0;
   default: return -1;
   }
 }
 
+/* Appends a gather's rows + n indices to the descriptor's pool; their
+** offset, or -1 when out of memory. */
+static int pool_add(rt_desc *D, const ir_node *x) {
+  int len = x->rows + x->n, off = D->nidx;
+  int *idx = realloc(D->idx, (size_t)(off + len) * sizeof *idx);
+  if (!idx) return -1;
+  memcpy(idx + off, x->idx, (size_t)len * sizeof *idx);
+  D->idx = idx;
+  D->nidx = off + len;
+  return off;
+}
+
 /* ent: an entry, or RT_NENTRY for the train graph */
-static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err, size_t errlen) {
+static int entry_desc(const ir_program *p, int ent, rt_desc *D, char *err, size_t errlen) {
+  rt_entry_desc *d = ent < RT_NENTRY ? &D->entry[ent] : &D->train;
   const ir_graph *g = ent < RT_NENTRY ? p->entry[ent] : p->train;
   if (!g) return 0;
   d->scratch = g->scratch;
@@ -63,7 +81,12 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
     r->nargs = x->nargs;
     r->rows = x->rows;
     r->n = x->n;
-    r->f = x->op == IR_CONST ? x->f0 : 0;
+    r->f = x->op == IR_CONST || x->op == IR_SPECNORM ? x->f0 : 0;
+    if (x->op == IR_SPECNORM) r->iargs[0] = ent == RT_NENTRY;   /* lipschitz; mode */
+    if (x->op == IR_PGATHER && (r->iargs[0] = pool_add(D, x)) < 0) {
+      rc = cg_fail(err, errlen, "out of memory");
+      break;
+    }
     if (x->op == IR_MADE_MASK) {
       r->iargs[0] = x->i0;    /* kind, D, C, outputs per dim: see rt_made.h */
       r->iargs[1] = x->i1;
@@ -97,6 +120,24 @@ static int entry_desc(const ir_program *p, int ent, rt_entry_desc *d, char *err,
                 ent < RT_NENTRY ? ir_entry_name((ir_entry)ent) : "train", q);
   free(seen);
   return rc;
+}
+
+/* ir_noise -> rt_noise (same kinds, same order). */
+static int noise_desc(const ir_program *p, rt_desc *d) {
+  if (p->nnoise <= 0) return 0;
+  d->noise = calloc((size_t)p->nnoise, sizeof *d->noise);
+  if (!d->noise) return -1;
+  d->nnoise = p->nnoise;
+  d->noise_width = p->noise_width;
+  for (int k = 0; k < p->nnoise; k++) {
+    const ir_noise *s = &p->noise[k];
+    rt_noise *t = &d->noise[k];
+    t->kind = s->kind == IR_NOISE_ROULETTE ? RT_NOISE_ROULETTE : RT_NOISE_RADEMACHER;
+    t->n = s->n;
+    t->terms = t->kind == RT_NOISE_ROULETTE ? s->terms : 0;
+    t->p = t->kind == RT_NOISE_ROULETTE ? s->p : 0;
+  }
+  return 0;
 }
 
 rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
@@ -136,16 +177,17 @@ rt_desc *cg_desc_err(const ir_program *p, char *err, size_t errlen) {
     }
   }
   for (int e = 0; e < RT_NENTRY; e++)
-    if (entry_desc(p, e, &d->entry[e], err, errlen)) {
+    if (entry_desc(p, e, d, err, errlen)) {
       rt_desc_free(d);
       return NULL;
     }
   if (p->train) {
     d->has_train = 1;
-    if (entry_desc(p, RT_NENTRY, &d->train, err, errlen)) {
+    if (entry_desc(p, RT_NENTRY, d, err, errlen)) {
       rt_desc_free(d);
       return NULL;
     }
+    if (noise_desc(p, d)) goto oom;
   }
   return d;
 oom:

@@ -1,8 +1,8 @@
 /*
 ** codegen/cg_emit.c: IR graph -> one LLVM function per entry.
 **
-** void flowc_<model>_<entry>(ptr args, i64 nrows) walks the graph's nodes
-** in order. A batch node's value lives at scratch + offset*tile floats,
+** i32 flowc_<model>_<entry>(ptr args, i64 nrows) walks the graph's nodes
+** in order and returns 0 (or 1 + layer, below). A batch node's value lives at scratch + offset*tile floats,
 ** row-major [tile, n] (pass_memplan's offsets); inputs are read straight
 ** from args[0]/args[1]. Parameters are args[4 + i], the prep results of the
 ** entry args[4 + P + prep], constants are LLVM constants. Every column count
@@ -13,6 +13,14 @@
 ** The train graph's kernel has the same layout plus P + Q gradient slot
 ** pointers after the scratch pointer; its sinks (IR_ACC_SUM, IR_ACC_OUTER)
 ** sum the tile's rows into a stack buffer and then add that into the slot.
+** Its noise input (IR_INPUT slot 2) is args[5 + 2(P + Q)], rows of its width.
+**
+** A fixed-point loop (IR_FIX_BEGIN .. IR_FIX_END) is a real loop in the
+** code: the body's nodes are emitted once, between a loop head after
+** FIX_BEGIN and the back edge at FIX_END. Each row stops moving on its own
+** (a converged row keeps its y, so the body gives it the same ynew again),
+** which makes a row's result independent of the rows beside it. A row still
+** moving after i0 runs of the body makes the kernel return 1 + i1.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
@@ -38,6 +46,8 @@ static const cg_extern_sym externs[] = {
   {"rt_k_gemm", (void *)rt_k_gemm},
   {"rt_k_gemm_nn", (void *)rt_k_gemm_nn},
   {"rt_k_gemm_tn_acc", (void *)rt_k_gemm_tn_acc},
+  {"rt_k_logdet", (void *)rt_k_logdet},
+  {"rt_k_logdet_grad", (void *)rt_k_logdet_grad},
   {"expf", (void *)expf},
   {"expm1f", (void *)expm1f},
   {"logf", (void *)logf},
@@ -81,14 +91,20 @@ typedef struct nval {
   LLVMValueRef ptr;       /* float* of row 0, column 0 */
   long stride;            /* floats between rows */
   long lo, hi;            /* scratch range in offset units, lo < 0: none */
+  LLVMBasicBlockRef head; /* IR_FIX_BEGIN: its loop head, NULL once closed */
+  LLVMValueRef iter;      /* IR_FIX_BEGIN: i64 alloca, body runs so far */
 } nval;
 
 typedef struct E {
   LLVMContextRef C;
   LLVMModuleRef M;
   LLVMBuilderRef B;
-  LLVMTypeRef f32, i64, ptr, vt;
-  LLVMValueRef fn, nrows, scratch, acc, logd;
+  LLVMTypeRef f32, i32, i64, ptr, vt;
+  LLVMValueRef fn, argp, nrows, scratch, acc, logd;
+  LLVMBasicBlockRef entry;
+  LLVMValueRef moving, rowbad; /* i64 allocas of IR_FIX_END */
+  int *open;              /* ids of the open IR_FIX_BEGINs, innermost last */
+  int nopen;
   LLVMValueRef tmp;       /* float[tmpn] on the stack: a sink's partial sums */
   LLVMValueRef *pargs;    /* P parameter pointers */
   LLVMValueRef *qargs;    /* Q prep pointers */
@@ -317,6 +333,47 @@ static LLVMValueRef dunary(E *e, ir_op op, LLVMValueRef x) {
   }
 }
 
+/* f''(x) of unary op op (IR_D2ACT), as ir/interp.c's d2unary; the sigmoid
+** products use sigmoid2's overflow-free pair. */
+static LLVMValueRef d2unary(E *e, ir_op op, LLVMValueRef x) {
+  LLVMValueRef zero = cf(e, 0), one = cf(e, 1), s, om;
+  switch (op) {
+  case IR_RELU: case IR_NEG: return zero;
+  case IR_GELU: { /* phi(x) (2 - x^2) */
+    LLVMValueRef x2 = f_mul(e, x, x);
+    LLVMValueRef g = libm1(e, "expf", f_mul(e, cf(e, -0.5), x2));
+    return f_mul(e, f_mul(e, g, cf(e, 0.3989422804014327)), f_sub(e, cf(e, 2), x2));
+  }
+  case IR_GELU_TANH: {
+    const double c = 0.7978845608028654, k = 0.044715;
+    LLVMValueRef x2 = f_mul(e, x, x);
+    LLVMValueRef u = f_mul(e, cf(e, c), f_add(e, x, f_mul(e, cf(e, k), f_mul(e, x2, x))));
+    LLVMValueRef t = libm1(e, "tanhf", u);
+    LLVMValueRef a1 = f_mul(e, cf(e, c), f_add(e, one, f_mul(e, cf(e, 3 * k), x2)));
+    LLVMValueRef a2 = f_mul(e, cf(e, 6 * c * k), x);
+    LLVMValueRef in = f_sub(e, a2, f_mul(e, f_mul(e, cf(e, 2), t), f_mul(e, a1, a1)));
+    LLVMValueRef sum = f_add(e, a1, f_mul(e, f_mul(e, cf(e, 0.5), x), in));
+    return f_mul(e, f_sub(e, one, f_mul(e, t, t)), sum);
+  }
+  case IR_SILU: case IR_LIPSWISH: { /* s (1-s) (2 + x (1 - 2s)), 1 - 2s = om - s */
+    sigmoid2(e, x, &s, &om);
+    LLVMValueRef d = f_mul(e, f_mul(e, s, om), f_add(e, cf(e, 2), f_mul(e, x, f_sub(e, om, s))));
+    return op == IR_SILU ? d : f_div(e, d, cf(e, 1.1));
+  }
+  case IR_TANH: {
+    LLVMValueRef t = libm1(e, "tanhf", x);
+    return f_mul(e, f_mul(e, cf(e, -2), t), f_sub(e, one, f_mul(e, t, t)));
+  }
+  case IR_ELU:
+    return sel(e, fcmp(e, LLVMRealOGT, x, zero), zero, libm1(e, "expf", fmin_c(e, x, 0)));
+  case IR_SOFTPLUS: sigmoid2(e, x, &s, &om); return f_mul(e, s, om);
+  case IR_EXP: return libm1(e, "expf", x);
+  case IR_LOGSIGMOID: sigmoid2(e, x, &s, &om); return f_neg(e, f_mul(e, s, om));
+  case IR_SQUARE: return cf(e, 2);
+  default: return NULL;
+  }
+}
+
 static LLVMValueRef binary(E *e, ir_op op, LLVMValueRef a, LLVMValueRef b) {
   switch (op) {
   case IR_ADD: return f_add(e, a, b);
@@ -431,10 +488,11 @@ static int overlaps(const nval *a, const nval *b) {
 
 static LLVMValueRef elem(E *e, const ir_node *x, LLVMValueRef *vals) {
   if (x->op == IR_DACT) return dunary(e, (ir_op)x->i0, vals[0]);
+  if (x->op == IR_D2ACT) return d2unary(e, (ir_op)x->i0, vals[0]);
   return x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
 }
 
-/* Unary, binary (with broadcasts) and IR_DACT. */
+/* Unary, binary (with broadcasts), IR_DACT and IR_D2ACT. */
 static int emit_elementwise(E *e, const ir_node *x) {
   int n = x->n, flat = 1;
   nval *d = &e->v[x->id];
@@ -455,7 +513,7 @@ static int emit_elementwise(E *e, const ir_node *x) {
       if (a->n != 1) flat = 0;
     }
   }
-  if (x->op == IR_DACT && !ir_is_unary((ir_op)x->i0))
+  if ((x->op == IR_DACT || x->op == IR_D2ACT) && !ir_is_unary((ir_op)x->i0))
     return efail(e, x, "derivative of %s, not a unary op", ir_op_name((ir_op)x->i0));
   if (n == 0) return 0;
   LLVMValueRef vals[2];
@@ -833,6 +891,171 @@ static int emit_rqs_grad(E *e, const ir_node *x) {
   return 0;
 }
 
+/* ---- residual layers ---- */
+
+/* x[r, c] = a[r, lo + c] for c < x->n */
+static void copy_cols(E *e, const ir_node *a, int lo, const ir_node *x) {
+  if (x->n == 0) return;
+  loop R, Cl;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &Cl, ci(e, x->n));
+  stf(e, get(e, a, R.iv, lo ? iadd(e, Cl.iv, ci(e, lo)) : Cl.iv), dst(e, x, R.iv, Cl.iv));
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+}
+
+/* An alloca at the top of the entry block: allocated once, whatever loops
+** the code it serves ends up in. */
+static LLVMValueRef entry_alloca(E *e, LLVMTypeRef ty, const char *name) {
+  LLVMBasicBlockRef cur = LLVMGetInsertBlock(e->B);
+  LLVMValueRef first = LLVMGetFirstInstruction(e->entry);
+  if (first) LLVMPositionBuilder(e->B, e->entry, first);
+  else LLVMPositionBuilderAtEnd(e->B, e->entry);
+  LLVMValueRef a = LLVMBuildAlloca(e->B, ty, name);
+  LLVMPositionBuilderAtEnd(e->B, cur);
+  return a;
+}
+
+/* Checks an IR_LOGDET / IR_LOGDET_GRAD matrix operand of D x D. */
+static int check_matrix(E *e, const ir_node *x, const ir_node *a, int D) {
+  if (!a->batch) return efail(e, x, "log-determinant of a parameter tensor");
+  if (D < 0 || a->n != D * D) return efail(e, x, "a %d x %d matrix in a row of width %d", D, D, a->n);
+  if (D > RT_K_LOGDET_MAX)
+    return efail(e, x, "the exact log-determinant is limited to D <= %d (RT_K_LOGDET_MAX), "
+                 "here D = %d", RT_K_LOGDET_MAX, D);
+  return check_disjoint(e, x);
+}
+
+/* Per row, rt_k_logdet on the row's D*D floats: a view moves only the row
+** start, so the row's own columns are contiguous. */
+static int emit_logdet(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  int D = x->i0;
+  if (x->n != 1) return efail(e, x, "log-determinant of width %d", x->n);
+  if (check_matrix(e, x, a, D)) return -1;
+  LLVMTypeRef pt[2] = {e->ptr, e->i64};
+  LLVMTypeRef ty = LLVMFunctionType(e->f32, pt, 2, 0);
+  LLVMValueRef f = ext_fn(e, "rt_k_logdet", ty, 0);
+  loop R;
+  loop_begin(e, &R, e->nrows);
+  LLVMValueRef av[2] = {dst(e, a, R.iv, ci(e, 0)), ci(e, D)};
+  stf(e, LLVMBuildCall2(e->B, ty, f, av, 2, ""), dst(e, x, R.iv, ci(e, 0)));
+  loop_end(e, &R);
+  return 0;
+}
+
+/* Per row, rt_k_logdet_grad writes g (I + X)^-T straight into the result. */
+static int emit_logdet_grad(E *e, const ir_node *x) {
+  if (x->nargs != 2) return efail(e, x, "with %d arguments", x->nargs);
+  const ir_node *a = x->args[0], *g = x->args[1];
+  int D = x->i0;
+  if (!g->batch || g->n != 1) return efail(e, x, "the scale must be a [B, 1] tensor");
+  if (x->n != a->n) return efail(e, x, "result width %d for %d", x->n, a->n);
+  if (check_matrix(e, x, a, D)) return -1;
+  if (D == 0) return 0;
+  LLVMTypeRef pt[4] = {e->ptr, e->i64, e->f32, e->ptr};
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 4, 0);
+  LLVMValueRef f = ext_fn(e, "rt_k_logdet_grad", ty, 0);
+  loop R;
+  loop_begin(e, &R, e->nrows);
+  LLVMValueRef av[4] = {dst(e, a, R.iv, ci(e, 0)), ci(e, D), get(e, g, R.iv, ci(e, 0)),
+                        dst(e, x, R.iv, ci(e, 0))};
+  LLVMBuildCall2(e->B, ty, f, av, 4, "");
+  loop_end(e, &R);
+  return 0;
+}
+
+/* IR_STOPGRAD: the identity (a copy when it could not be a view). */
+static int emit_copy(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (!a->batch || a->n != x->n) return efail(e, x, "identity of a [%s, %d] tensor into %d",
+                                               a->batch ? "B" : "1", a->n, x->n);
+  if (check_disjoint(e, x)) return -1;
+  copy_cols(e, a, 0, x);
+  return 0;
+}
+
+/* y = u, a zeroed run counter, then the loop head: the nodes up to the
+** matching IR_FIX_END are emitted inside the loop. */
+static int emit_fix_begin(E *e, const ir_node *x) {
+  const ir_node *u = x->args[0];
+  if (!u->batch || u->n != x->n) return efail(e, x, "loop variable of width %d from %d", x->n,
+                                              u->n);
+  if (check_disjoint(e, x)) return -1;
+  copy_cols(e, u, 0, x);
+  nval *v = &e->v[x->id];
+  v->iter = entry_alloca(e, e->i64, "iter");
+  LLVMBuildStore(e->B, ci(e, 0), v->iter);
+  v->head = LLVMAppendBasicBlockInContext(e->C, e->fn, "fix");
+  LLVMBuildBr(e->B, v->head);
+  LLVMPositionBuilderAtEnd(e->B, v->head);
+  e->open[e->nopen++] = x->id;
+  return 0;
+}
+
+/* Per row r: moving when some |ynew - y| >= tol (or is NaN: unordered);
+** a moving row takes ynew as its next y, a settled row keeps its y, so the
+** body gives it the same ynew again. Counts the moving rows into
+** e->moving. */
+static void fix_rows(E *e, const ir_node *x, const ir_node *y, const ir_node *yn) {
+  loop R, Cl;
+  LLVMBuildStore(e->B, ci(e, 0), e->moving);
+  loop_begin(e, &R, e->nrows);
+  LLVMBuildStore(e->B, ci(e, 0), e->rowbad);
+  loop_begin(e, &Cl, ci(e, x->n));
+  LLVMValueRef d = fabs_(e, f_sub(e, get(e, yn, R.iv, Cl.iv), get(e, y, R.iv, Cl.iv)));
+  LLVMValueRef bad = LLVMBuildZExt(e->B, fcmp(e, LLVMRealUGE, d, cf(e, x->f0)), e->i64, "");
+  LLVMValueRef rb = LLVMBuildLoad2(e->B, e->i64, e->rowbad, "");
+  LLVMBuildStore(e->B, LLVMBuildOr(e->B, rb, bad, ""), e->rowbad);
+  loop_end(e, &Cl);
+  rb = LLVMBuildLoad2(e->B, e->i64, e->rowbad, "");
+  LLVMValueRef mv = LLVMBuildICmp(e->B, LLVMIntNE, rb, ci(e, 0), "");
+  LLVMBuildStore(e->B, iadd(e, LLVMBuildLoad2(e->B, e->i64, e->moving, ""), rb), e->moving);
+  loop_begin(e, &Cl, ci(e, x->n));
+  LLVMValueRef p = dst(e, y, R.iv, Cl.iv);
+  stf(e, sel(e, mv, get(e, yn, R.iv, Cl.iv), ldf(e, p)), p);
+  loop_end(e, &Cl);
+  loop_end(e, &R);
+}
+
+/* Closes the innermost loop: back to its head while rows move and fewer
+** than i0 runs are done; then return 1 + i1 if rows still move, else the
+** result is ynew. */
+static int emit_fix_end(E *e, const ir_node *x) {
+  if (x->nargs != 2) return efail(e, x, "with %d arguments", x->nargs);
+  const ir_node *y = x->args[0], *yn = x->args[1];
+  if (y->op != IR_FIX_BEGIN || !e->nopen || e->open[e->nopen - 1] != y->id)
+    return efail(e, x, "does not close the innermost open fixed-point loop");
+  if (!yn->batch || yn->n != x->n || y->n != x->n)
+    return efail(e, x, "widths y %d, ynew %d, result %d", y->n, yn->n, x->n);
+  if (check_disjoint(e, x)) return -1;
+  e->scope = NULL; /* y is read and written */
+  if (!e->moving) {
+    e->moving = entry_alloca(e, e->i64, "moving");
+    e->rowbad = entry_alloca(e, e->i64, "rowbad");
+  }
+  nval *v = &e->v[y->id];
+  fix_rows(e, x, y, yn);
+  LLVMValueRef it = iadd(e, LLVMBuildLoad2(e->B, e->i64, v->iter, ""), ci(e, 1));
+  LLVMBuildStore(e->B, it, v->iter);
+  LLVMValueRef mv = LLVMBuildICmp(e->B, LLVMIntNE, LLVMBuildLoad2(e->B, e->i64, e->moving, ""),
+                                  ci(e, 0), "");
+  LLVMValueRef again = LLVMBuildAnd(e->B, mv, LLVMBuildICmp(e->B, LLVMIntSLT, it, ci(e, x->i0), ""), "");
+  LLVMBasicBlockRef out = LLVMAppendBasicBlockInContext(e->C, e->fn, "fix.out");
+  LLVMBasicBlockRef fail = LLVMAppendBasicBlockInContext(e->C, e->fn, "fix.fail");
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->C, e->fn, "fix.done");
+  LLVMBuildCondBr(e->B, again, v->head, out);
+  LLVMPositionBuilderAtEnd(e->B, out);
+  LLVMBuildCondBr(e->B, mv, fail, done);
+  LLVMPositionBuilderAtEnd(e->B, fail);
+  LLVMBuildRet(e->B, LLVMConstInt(e->i32, (unsigned long long)(1 + (long long)x->i1), 0));
+  LLVMPositionBuilderAtEnd(e->B, done);
+  v->head = NULL;
+  e->nopen--;
+  copy_cols(e, yn, 0, x);
+  return 0;
+}
+
 /* ---- gradient sinks ---- */
 
 /* Width of the stack buffer sink x needs (0: none). */
@@ -992,16 +1215,20 @@ static int emit_output(E *e, int k) {
   return 0;
 }
 
-/* May slice node i read its argument in place rather than copy it? Yes
-** when no node up to the slice's last use writes into the argument's
+/* May slice (or identity) node i read its argument in place rather than
+** copy it? Yes when no node up to its last use writes into the argument's
 ** buffer, and no user is a linear layer (whose gemm path wants contiguous
-** rows). Fewer loops: less to compile and less memory traffic. */
+** rows). Fewer loops: less to compile and less memory traffic. Not across
+** a fixed-point loop's boundary, nor of a loop variable (rewritten at every
+** back edge): a copy is certain there. */
 static int view_ok(E *e, const ir_graph *g, int i, const int *last) {
   const ir_node *x = g->nodes[i], *a = x->args[0];
-  if (!a->batch || x->i0 < 0 || x->i0 + x->n > a->n) return 0;
+  int lo = x->op == IR_SLICE ? x->i0 : 0;
+  if (!a->batch || lo < 0 || lo + x->n > a->n || a->op == IR_FIX_BEGIN) return 0;
   const nval *va = &e->v[a->id];
   for (int k = i + 1; k <= last[i] && k < g->nnodes; k++) {
     const ir_node *y = g->nodes[k];
+    if (y->op == IR_FIX_BEGIN || y->op == IR_FIX_END) return 0;
     if (y->op == IR_LINEAR || y->op == IR_LINEAR_T)
       for (int j = 0; j < y->nargs; j++)
         if (y->args[j] == x) return 0;
@@ -1013,6 +1240,36 @@ static int view_ok(E *e, const ir_graph *g, int i, const int *last) {
     }
   }
   return 1;
+}
+
+/* live[i]: node i is needed by an output or a sink (live[i] = 1 on entry
+** for those). A loop whose variable is needed runs in full: its IR_FIX_END,
+** and so the body, is needed too. */
+static void mark_live(const ir_graph *g, char *live) {
+  for (int changed = 1; changed;) {
+    changed = 0;
+    for (int i = g->nnodes - 1; i >= 0; i--)
+      if (live[i])
+        for (int k = 0; k < g->nodes[i]->nargs; k++) live[g->nodes[i]->args[k]->id] = 1;
+    for (int i = 0; i < g->nnodes; i++) {
+      const ir_node *x = g->nodes[i];
+      if (x->op == IR_FIX_END && x->nargs > 0 && !live[i] && live[x->args[0]->id])
+        live[i] = changed = 1;
+    }
+  }
+}
+
+/* The train kernel's noise rows: args[5 + 2(P + Q)], row stride = width. */
+static int noise_input(E *e, const ir_node *x, int train, nval *v) {
+  if (!train) return efail(e, x, "the noise input (slot 2) outside the train kernel");
+  if (e->p->noise_width > 0 && x->n != e->p->noise_width)
+    return efail(e, x, "noise input of width %d, the program's is %d", x->n, e->p->noise_width);
+  LLVMValueRef i = ci(e, 5 + 2L * (e->P + e->Q));
+  LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, e->argp, &i, 1, "");
+  v->ptr = LLVMBuildLoad2(e->B, e->ptr, p, "noise");
+  LLVMSetAlignment(v->ptr, 8);
+  v->stride = x->n;
+  return 0;
 }
 
 static void add_fn_attr(E *e, const char *k, const char *v) {
@@ -1037,7 +1294,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   char name[256];
   cg_kernel_name(e->p, ent, name, sizeof name);
   LLVMTypeRef pt[2] = {e->ptr, e->i64};
-  LLVMTypeRef fty = LLVMFunctionType(e->vt, pt, 2, 0);
+  LLVMTypeRef fty = LLVMFunctionType(e->i32, pt, 2, 0);
   e->fn = LLVMAddFunction(e->M, name, fty);
   if (hidden) LLVMSetVisibility(e->fn, LLVMHiddenVisibility);
   add_fn_attr(e, "target-cpu", cpu);
@@ -1057,6 +1314,10 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   }
   LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->C, e->fn, "entry");
   LLVMPositionBuilderAtEnd(e->B, entry);
+  e->entry = entry;
+  e->argp = args;
+  e->moving = e->rowbad = NULL;
+  e->nopen = 0;
   e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
   e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
   e->Q = g->nprep;
@@ -1079,19 +1340,19 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
   int *last = malloc(sizeof *last * (g->nnodes ? g->nnodes : 1));
   e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
+  e->open = malloc(sizeof *e->open * (g->nnodes ? g->nnodes : 1));
   int rc = 0;
-  if (!live || !last || !e->v) {
+  if (!live || !last || !e->v || !e->open) {
     rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
     goto done;
   }
+  for (int i = 0; i < g->nnodes && !rc; i++)
+    for (int k = 0; k < g->nodes[i]->nargs && !rc; k++)
+      if (!g->nodes[i]->args[k]) rc = efail(e, g->nodes[i], "missing argument %d", k);
+  if (rc) goto done;
   for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
-  /* last use of each node (g->nnodes: an output) */
-  for (int i = 0; i < g->nnodes; i++) {
-    last[i] = i;
-    for (int k = 0; k < g->nodes[i]->nargs; k++)
-      if (g->nodes[i]->args[k]) last[g->nodes[i]->args[k]->id] = i;
-  }
-  for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = g->nnodes;
+  /* last use of each node (g->nnodes: an output), loops included */
+  ir_last_uses(g, last);
   int tmpn = 0;
   for (int i = 0; i < g->nnodes; i++)
     if (ir_is_sink(g->nodes[i]->op)) {
@@ -1106,30 +1367,27 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     LLVMSetAlignment(e->tmp, 64);
     LLVMPositionBuilderAtEnd(e->B, cur);
   }
-  for (int i = g->nnodes - 1; i >= 0; i--)
-    if (live[i])
-      for (int k = 0; k < g->nodes[i]->nargs; k++) live[g->nodes[i]->args[k]->id] = 1;
+  mark_live(g, live);
 
   for (int i = 0; i < g->nnodes && !rc; i++) {
     const ir_node *x = g->nodes[i];
     nval *v = &e->v[i];
     v->lo = v->hi = -1;
     if (ir_is_sink(x->op) && live[i]) {
-      for (int k = 0; k < x->nargs && !rc; k++)
-        if (!x->args[k]) rc = efail(e, x, "missing argument %d", k);
-      if (rc) break;
+      if (e->nopen) { /* it would add once per run of the body */
+        rc = efail(e, x, "gradient sink inside a fixed-point loop");
+        break;
+      }
       e->scope = NULL;
       new_scope(e);
       rc = emit_sink(e, x);
       continue;
     }
     if (!x->batch || !live[i]) continue;
-    for (int k = 0; k < x->nargs; k++)
-      if (!x->args[k]) {
-        rc = efail(e, x, "missing argument %d", k);
-        break;
-      }
-    if (rc) break;
+    if (x->op == IR_INPUT && x->i0 == 2) {
+      rc = noise_input(e, x, train, v);
+      continue;
+    }
     if (x->op == IR_INPUT) {
       if (x->i0 != 0 && x->i0 != 1) {
         rc = efail(e, x, "input slot %d", x->i0);
@@ -1139,14 +1397,16 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
       v->stride = x->n;
       continue;
     }
-    if (x->offset < 0 || (x->op == IR_SLICE && view_ok(e, g, i, last))) {
-      if (x->op == IR_SLICE && x->args[0]->batch) { /* a view of its argument */
+    int viewable = x->op == IR_SLICE || x->op == IR_STOPGRAD;
+    if (x->offset < 0 || (viewable && view_ok(e, g, i, last))) {
+      if (viewable && x->args[0]->batch) { /* a view of its argument */
         nval *a = &e->v[x->args[0]->id];
-        if (x->i0 < 0 || x->i0 + x->n > x->args[0]->n) {
+        int lo = x->op == IR_SLICE ? x->i0 : 0;
+        if (lo < 0 || lo + x->n > x->args[0]->n) {
           rc = efail(e, x, "slice out of range");
           break;
         }
-        v->ptr = gepf(e, a->ptr, ci(e, x->i0));
+        v->ptr = lo ? gepf(e, a->ptr, ci(e, lo)) : a->ptr;
         v->stride = a->stride;
         v->lo = a->lo;
         v->hi = a->hi;
@@ -1165,7 +1425,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     v->lo = x->offset;
     v->hi = x->offset + x->n;
     new_scope(e);
-    if (ir_is_unary(x->op) || ir_is_binary(x->op) || x->op == IR_DACT)
+    if (ir_is_unary(x->op) || ir_is_binary(x->op) || x->op == IR_DACT || x->op == IR_D2ACT)
       rc = emit_elementwise(e, x);
     else switch (x->op) {
     case IR_LINEAR: rc = emit_linear(e, x); break;
@@ -1178,16 +1438,25 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     case IR_PAD: rc = emit_pad(e, x); break;
     case IR_BCAST: rc = emit_bcast(e, x); break;
     case IR_RQS_GRAD: rc = emit_rqs_grad(e, x); break;
+    case IR_LOGDET: rc = emit_logdet(e, x); break;
+    case IR_LOGDET_GRAD: rc = emit_logdet_grad(e, x); break;
+    case IR_STOPGRAD: rc = emit_copy(e, x); break;
+    case IR_FIX_BEGIN: rc = emit_fix_begin(e, x); break;
+    case IR_FIX_END: rc = emit_fix_end(e, x); break;
     default: rc = efail(e, x, "not a batch operation"); break;
     }
   }
+  if (!rc && e->nopen)
+    rc = efail(e, g->nodes[e->open[e->nopen - 1]], "fixed-point loop without its end");
   for (int k = 0; k < g->nouts && !rc; k++) rc = emit_output(e, k);
-  if (!rc) LLVMBuildRetVoid(e->B);
+  if (!rc) LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
 done:
   free(live);
   free(last);
   free(e->v);
   e->v = NULL;
+  free(e->open);
+  e->open = NULL;
   free(av);
   if (rc) { /* leave no half-built function behind */
     LLVMClearInsertionPosition(e->B);
@@ -1207,6 +1476,7 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
   e.i64 = LLVMInt64TypeInContext(e.C);
   e.ptr = LLVMPointerTypeInContext(e.C, 0);
   e.vt = LLVMVoidTypeInContext(e.C);
+  e.i32 = LLVMInt32TypeInContext(e.C);
   e.p = p;
   e.P = p->nparams;
   e.tile = cg_tile(p);

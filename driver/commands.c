@@ -35,6 +35,14 @@ static void print_layer(int k, const ir_layer *L) {
     if (L->spline) printf("transform = spline(bins = %d, bound = %g))", L->bins, L->bound);
     else printf("scale = %s)", scales[L->scale]);
     break;
+  case LAYER_RESIDUAL:
+    printf("(net = ");
+    print_net(&L->net);
+    printf(", lipschitz = %g, logdet = ", L->lipschitz);
+    if (L->series) printf("series(terms = %d, roulette = %g)", L->terms, L->roulette);
+    else printf("exact");
+    printf(", iters = %d, tol = %g)", L->iters, L->tol);
+    break;
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) printf("(reverse)");
     else if (L->perm_kind == PERM_RANDOM) printf("(random, seed = %llu)", (unsigned long long)L->perm_seed);
@@ -126,6 +134,19 @@ static int save(const char *path, const float *v, long n, const ir_model *m, int
 
 /* ---- logprob, encode, decode ---- */
 
+/* The message for a failed rt_model_* call of command cmd. */
+static int run_failed(const drv_session *s, const char *cmd, int rc) {
+  int k = rc == RT_ENOCONV ? rt_model_failed_layer(s->rt) : -1;
+  if (k >= 0 && k < s->model->nlayers) {
+    const ir_layer *L = &s->model->layers[k];
+    return drv_fail("%s: the inverse of layer %d (residual, line %d) did not converge: a "
+                    "sample still moved by tol = %g or more after iters = %d fixed-point "
+                    "steps; raise iters or tol, or lower lipschitz", cmd, k, L->line, L->tol,
+                    L->iters);
+  }
+  return drv_fail("%s failed (code %d)", cmd, rc);
+}
+
 static int run_entry(const drv_opts *o, drv_session *s, const rt_array *x, const rt_array *c) {
   long n = x->rows, D = s->model->dim;
   const float *ctx = c->data;
@@ -137,7 +158,7 @@ static int run_entry(const drv_opts *o, drv_session *s, const rt_array *x, const
   if (lp) rc = rt_model_log_prob(s->rt, (size_t)n, x->data, ctx, crows, ld);
   else if (enc) rc = rt_model_encode(s->rt, (size_t)n, x->data, ctx, crows, out, o->logdet ? ld : NULL);
   else rc = rt_model_decode(s->rt, (size_t)n, x->data, ctx, crows, out, o->logdet ? ld : NULL);
-  if (rc) rc = drv_fail("%s failed (code %d)", o->cmd, rc);
+  if (rc) rc = run_failed(s, o->cmd, rc);
   else if (lp) rc = save(o->out, ld, n, s->model, 0);
   else {
     rc = save(o->out, out, n, s->model, 1);
@@ -183,7 +204,7 @@ int cmd_sample(const drv_opts *o) {
     long n = o->n, D = s.model->dim;
     float *x = malloc((size_t)(n * D + 1) * sizeof *x), *lp = malloc((size_t)(n + 1) * sizeof *lp);
     rc = rt_model_sample(s.rt, (size_t)n, o->seed, c.data, (size_t)c.rows, x, o->logprob ? lp : NULL);
-    if (rc) rc = drv_fail("sample failed (code %d)", rc);
+    if (rc) rc = run_failed(&s, "sample", rc);
     if (!rc) rc = save(o->out, x, n, s.model, 1);
     if (!rc && o->logprob) rc = save(o->logprob, lp, n, s.model, 0);
     free(x);

@@ -338,6 +338,7 @@ int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const flo
 /* One optimiser step; 1 when the loss or a gradient is not finite. */
 static int step(trainer *t, long s, double *loss) {
   make_batch(t, s);
+  rt_model_set_noise(t->s.rt, t->seed, (uint64_t)s);   /* series probes */
   copy_weights(t->s.desc, &t->w, &t->prev);
   int rc = drv_train_step(t->s.rt, t->opt, &t->w, t->B, t->xb, t->C ? t->cb : NULL, t->grads, loss);
   if (!rc) {   /* the loss of the weights before this step was finite */
@@ -418,9 +419,10 @@ int cmd_train(const drv_opts *o) {
 int cmd_toy(const drv_opts *o) {
   if (o->n <= 0 || !o->out)
     return fprintf(stderr, "flowc: toy NAME -n N [--seed S] -o X.npy\n"), EXIT_USAGE;
-  float *x = malloc((size_t)o->n * 2 * sizeof *x);
+  int dim = rt_toy_dim(o->flow);           /* -1: rt_toy names the valid sets */
+  float *x = dim > 0 ? malloc((size_t)o->n * (size_t)dim * sizeof *x) : NULL;
   char err[512];
-  long shape[2] = {o->n, 2};
+  long shape[2] = {o->n, dim};
   int rc = rt_toy(o->flow, o->n, o->seed, x, err, sizeof err) ||
            rt_npy_save(o->out, x, 2, shape, err, sizeof err);
   free(x);

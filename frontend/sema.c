@@ -22,6 +22,7 @@ enum {
   FE_MAX_WIDTH = 1 << 20,       /* a hidden layer */
   FE_MAX_BINS = 4096,
   FE_MAX_DIMS = 8,              /* entries of a dim list (ir_model.dims) */
+  FE_MAX_RESIDUAL_DIM = 64,     /* residual: exact log-det per sample */
 };
 
 typedef struct tmpl {
@@ -374,6 +375,92 @@ static bool check_autoregressive(sema *S, const fe_expr *call, ir_layer *L) {
   return ok;
 }
 
+/* logdet = exact | series | series(terms = n, estimator = hutchinson, roulette = p) */
+static bool check_logdet(sema *S, const fe_expr *e, ir_layer *L) {
+  if (e->kind == EXPR_ERROR) return false;
+  const char *name = e->kind == EXPR_IDENT || e->kind == EXPR_CALL ? e->str : "";
+  if (!strcmp(name, "exact") && e->kind == EXPR_IDENT) return true;
+  if (strcmp(name, "series")) {
+    ERR(S, e->loc, "argument 'logdet' must be exact or series(terms = n, roulette = p), not %s",
+        describe(S, e));
+    return false;
+  }
+  static const param ps[] = {{"terms", false}, {"estimator", false}, {"roulette", false}};
+  const fe_arg *slot[3] = {NULL, NULL, NULL};
+  bool ok = e->kind == EXPR_CALL ? bind_args(S, e, ps, 3, slot) : true;
+  int64_t terms;
+  L->series = 1;
+  if (slot[0]) {
+    const fe_expr *t = slot[0]->value;
+    if (!want_int(S, t, "argument 'terms' must be an integer", &terms)) ok = false;
+    else if (terms < 1 || terms > 64)
+      ok = false, ERR(S, t->loc, "terms must be between 1 and 64, not %s", t->text);
+    else L->terms = (int)terms;
+  }
+  if (slot[1]) {
+    const fe_expr *t = slot[1]->value;
+    if (t->kind != EXPR_ERROR && (t->kind != EXPR_IDENT || strcmp(t->str, "hutchinson")))
+      ok = false, ERR(S, t->loc, "argument 'estimator' must be hutchinson, not %s", describe(S, t));
+  }
+  if (slot[2]) {
+    const fe_expr *t = slot[2]->value;
+    if (!want_number(S, t, "argument 'roulette' must be a number", &L->roulette)) ok = false;
+    else if (!(L->roulette >= 0 && L->roulette < 1))
+      ok = false, ERR(S, t->loc, "roulette must be in [0, 1), not %s", t->text);
+  }
+  return ok;
+}
+
+/* The fixed-point inverse converges only for a contraction: g's activation
+** must be 1-Lipschitz (gelu and silu are not). */
+static bool lipschitz_act(sema *S, const fe_expr *call, const ir_net *net) {
+  ir_act a = net->act;
+  if (a != ACT_GELU && a != ACT_GELU_TANH && a != ACT_SILU) return true;
+  ERR(S, call->loc, "residual needs a 1-Lipschitz activation (lipswish, relu, elu, tanh or "
+      "softplus), not %s", ir_act_name(a));
+  return false;
+}
+
+static bool check_residual(sema *S, const fe_expr *call, ir_layer *L) {
+  static const param ps[] = {{"net", false}, {"lipschitz", false}, {"logdet", false},
+                             {"iters", false}, {"tol", false}};
+  const fe_arg *slot[5];
+  bool ok = bind_args(S, call, ps, 5, slot);
+  if (need_net(S, call, slot[0], &L->net, false)) ok &= lipschitz_act(S, call, &L->net);
+  else ok = false;
+  L->lipschitz = 0.97;
+  L->terms = 2;
+  L->roulette = 0.5;
+  L->iters = 50;
+  L->tol = 1e-6;
+  if (slot[1]) {
+    const fe_expr *e = slot[1]->value;
+    if (!want_number(S, e, "argument 'lipschitz' must be a number", &L->lipschitz)) ok = false;
+    else if (!(L->lipschitz > 0 && L->lipschitz < 1))
+      ok = false, ERR(S, e->loc, "lipschitz must be in (0, 1), not %s", e->text);
+  }
+  if (slot[2]) ok &= check_logdet(S, slot[2]->value, L);
+  if (slot[3]) {
+    const fe_expr *e = slot[3]->value;
+    int64_t v;
+    if (!want_int(S, e, "argument 'iters' must be an integer", &v)) ok = false;
+    else if (v < 1 || v > 100000)
+      ok = false, ERR(S, e->loc, "iters must be between 1 and 100000, not %s", e->text);
+    else L->iters = (int)v;
+  }
+  if (slot[4]) {
+    const fe_expr *e = slot[4]->value;
+    if (!want_number(S, e, "argument 'tol' must be a number", &L->tol)) ok = false;
+    else if (!(L->tol > 0)) ok = false, ERR(S, e->loc, "tol must be positive, not %s", e->text);
+  }
+  if (S->dim > FE_MAX_RESIDUAL_DIM) {
+    ERR(S, call->loc, "residual layers need dim <= %d (the exact log-det is a D x D "
+        "determinant per sample), not %d", FE_MAX_RESIDUAL_DIM, S->dim);
+    ok = false;
+  }
+  return ok;
+}
+
 /* permute([p_0, ...]): a permutation of 0..D-1 when D is known. */
 static bool check_perm_list(sema *S, const fe_expr *e, ir_layer *L) {
   int n = e->items.n;
@@ -473,7 +560,7 @@ static const struct {
   {"linear_lu", LAYER_LINEAR_LU, check_noargs},
   {"maf", LAYER_MAF, check_autoregressive},
   {"iaf", LAYER_IAF, check_autoregressive},
-  {"residual", LAYER_COUNT, NULL},
+  {"residual", LAYER_RESIDUAL, check_residual},
   {"cnf", LAYER_COUNT, NULL},
   {"sde", LAYER_COUNT, NULL},
 };

@@ -62,6 +62,30 @@ static double dunary(ir_op op, double x) {
   }
 }
 
+/* f''(x) of unary op op (IR_D2ACT): the derivative of dunary. */
+static double d2unary(ir_op op, double x) {
+  double sg = sigmoid(x), t;
+  switch (op) {
+  case IR_RELU: case IR_NEG: return 0;
+  case IR_GELU: return exp(-0.5 * x * x) / sqrt(2 * M_PI) * (2 - x * x);
+  case IR_GELU_TANH: {
+    double c = sqrt(2 / M_PI), k = 0.044715;
+    double a1 = c * (1 + 3 * k * x * x), a2 = 6 * c * k * x;
+    t = tanh(c * (x + k * x * x * x));
+    return (1 - t * t) * (a1 + 0.5 * x * (a2 - 2 * t * a1 * a1));
+  }
+  case IR_SILU: return sg * (1 - sg) * (2 + x * (1 - 2 * sg));
+  case IR_LIPSWISH: return sg * (1 - sg) * (2 + x * (1 - 2 * sg)) / 1.1;
+  case IR_TANH: t = tanh(x); return -2 * t * (1 - t * t);
+  case IR_ELU: return x > 0 ? 0 : exp(x);
+  case IR_SOFTPLUS: return sg * (1 - sg);
+  case IR_EXP: return exp(x);
+  case IR_LOGSIGMOID: return -sg * (1 - sg);
+  case IR_SQUARE: return 2;
+  default: return NAN;
+  }
+}
+
 static double binary(ir_op op, double a, double b) {
   return op == IR_ADD ? a + b : op == IR_SUB ? a - b : a * b;
 }
@@ -202,6 +226,90 @@ static void lu_w(const val *a, double *W, int inverse) {
   free(U);
 }
 
+/* ---- residual layers ---- */
+
+/* The largest singular value of W [R, n] by power iteration in double,
+** from u (R entries) until sigma settles: an oracle independent of the
+** runtime's. */
+static double sigma_max(const double *W, long R, long n, const double *u0) {
+  double *u = malloc((size_t)R * sizeof *u), *v = malloc((size_t)(n + 1) * sizeof *v);
+  double nu = 0, sigma = 0;
+  for (long r = 0; r < R; r++) nu += u0[r] * u0[r];
+  for (long r = 0; r < R; r++) u[r] = nu > 0 ? u0[r] : 1;
+  for (int it = 0; it < 100000; it++) {
+    double nv = 0, nw = 0;
+    for (long i = 0; i < n; i++) {
+      v[i] = 0;
+      for (long r = 0; r < R; r++) v[i] += W[r * n + i] * u[r];
+      nv += v[i] * v[i];
+    }
+    if (nv == 0) break;
+    for (long i = 0; i < n; i++) v[i] /= sqrt(nv);
+    for (long r = 0; r < R; r++) {
+      u[r] = 0;
+      for (long i = 0; i < n; i++) u[r] += W[r * n + i] * v[i];
+      nw += u[r] * u[r];
+    }
+    double s = sqrt(nw);   /* = u . W v after normalising u */
+    for (long r = 0; r < R; r++) u[r] /= s > 0 ? s : 1;
+    int done = fabs(s - sigma) <= 1e-13 * s;
+    sigma = s;
+    if (done) break;
+  }
+  free(u);
+  free(v);
+  return sigma;
+}
+
+/* LU with partial pivoting of A (D x D, destroyed); the inverse into inv
+** when non-NULL. Returns log|det A| (-inf when singular). */
+static double lu_logdet(double *A, long D, double *inv) {
+  long *piv = malloc((size_t)(D + 1) * sizeof *piv);
+  double ld = 0;
+  for (long k = 0; k < D; k++) {
+    long p = k;
+    for (long i = k + 1; i < D; i++)
+      if (fabs(A[i * D + k]) > fabs(A[p * D + k])) p = i;
+    piv[k] = p;
+    for (long j = 0; j < D && p != k; j++) {
+      double t = A[k * D + j]; A[k * D + j] = A[p * D + j]; A[p * D + j] = t;
+    }
+    if (A[k * D + k] == 0) { free(piv); return -INFINITY; }
+    ld += log(fabs(A[k * D + k]));
+    for (long i = k + 1; i < D; i++) {
+      double f = A[i * D + k] /= A[k * D + k];
+      for (long j = k + 1; j < D; j++) A[i * D + j] -= f * A[k * D + j];
+    }
+  }
+  for (long c = 0; inv && c < D; c++) {   /* column c of A^-1: solve P A x = e_c */
+    double *x = &inv[c * D];              /* stored as a row for now */
+    for (long i = 0; i < D; i++) x[i] = i == c;
+    for (long k = 0; k < D; k++) { double t = x[k]; x[k] = x[piv[k]]; x[piv[k]] = t; }
+    for (long i = 0; i < D; i++)
+      for (long j = 0; j < i; j++) x[i] -= A[i * D + j] * x[j];
+    for (long i = D - 1; i >= 0; i--) {
+      for (long j = i + 1; j < D; j++) x[i] -= A[i * D + j] * x[j];
+      x[i] /= A[i * D + i];
+    }
+  }
+  free(piv);
+  return ld;   /* inv holds (A^-1)^T row-major: row c is column c of A^-1 */
+}
+
+/* IR_LOGDET (gout NULL) or IR_LOGDET_GRAD: log|det(I + X)| per row, or
+** g (I + X)^-T. */
+static void logdet_rows(const val *a, long D, const val *g, double *out) {
+  double *A = malloc((size_t)(D * D + 1) * sizeof *A), *T = malloc((size_t)(D * D + 1) * sizeof *T);
+  for (long r = 0; r < a->rows; r++) {
+    for (long k = 0; k < D * D; k++) A[k] = a->v[r * D * D + k] + (k % (D + 1) == 0);
+    double ld = lu_logdet(A, D, g ? T : NULL);
+    if (!g) out[r] = ld;
+    else for (long k = 0; k < D * D; k++) out[r * D * D + k] = g->v[r] * T[k];
+  }
+  free(A);
+  free(T);
+}
+
 /* ---- evaluation ---- */
 
 static void eval(const ir_node *x, val *V, long B) {
@@ -276,6 +384,23 @@ static void eval(const ir_node *x, val *V, long B) {
   case IR_DACT:
     for (long i = 0; i < R * n; i++) o->v[i] = dunary((ir_op)x->i0, a->v[i]);
     break;
+  case IR_D2ACT:
+    for (long i = 0; i < R * n; i++) o->v[i] = d2unary((ir_op)x->i0, a->v[i]);
+    break;
+  case IR_SPECNORM: {
+    double sigma = sigma_max(a->v, R, n, b->v), div = fmax(1, sigma / x->f0);
+    for (long i = 0; i < R * n; i++) o->v[i] = a->v[i] / div;
+    break;
+  }
+  case IR_PGATHER:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[x->idx[r] * a->n + x->idx[R + j]];
+    break;
+  case IR_LOGDET: logdet_rows(a, x->i0, NULL, o->v); break;
+  case IR_LOGDET_GRAD: logdet_rows(a, x->i0, b, o->v); break;
+  case IR_STOPGRAD: case IR_FIX_BEGIN: case IR_FIX_END:
+    for (long i = 0; i < R * n; i++) o->v[i] = (x->op == IR_FIX_END ? b : a)->v[i];
+    break;
   case IR_LINEAR_T:
     for (long r = 0; r < R; r++)
       for (long i = 0; i < n; i++) {
@@ -324,18 +449,46 @@ static void sink(const ir_program *p, const ir_node *x, const val *V, long R, do
       g[all ? 0 : j] += a->v[r * a->n + j] * (b ? b->v[r * b->n + j] : 1);
 }
 
+/*
+** The end of a fixed-point loop after `done` runs of its body: rows that
+** moved by tol or more take ynew as their next y; the others keep y, so
+** their ynew stays what it is. Returns 1 to run the body again, 0 when
+** every row has settled, -1 when some have not after i0 runs.
+*/
+static int fix_next(const ir_node *x, val *V, int done) {
+  val *y = &V[x->args[0]->id];
+  const val *yn = &V[x->args[1]->id];
+  long moving = 0;
+  for (long r = 0; r < y->rows; r++) {
+    double ch = 0;
+    for (long j = 0; j < y->n; j++) {
+      double d = fabs(yn->v[r * y->n + j] - y->v[r * y->n + j]);
+      if (!(d < ch)) ch = d;      /* NaN counts as moving */
+    }
+    if (!(ch < x->f0)) {
+      moving++;
+      memcpy(&y->v[r * y->n], &yn->v[r * y->n], (size_t)y->n * sizeof(double));
+    }
+  }
+  if (!moving) return 0;
+  return done < x->i0 ? 1 : -1;
+}
+
 static int interp(const ir_program *p, const ir_graph *g, const void *const *params,
-                  long nrows, const double *in, const double *ctx, double *out0, double *out1,
-                  double *const *grads, char *err, size_t errlen) {
+                  long nrows, const double *in, const double *ctx, const double *noise,
+                  double *out0, double *out1, double *const *grads, char *err, size_t errlen) {
   val *V = calloc((size_t)g->nnodes, sizeof *V);
+  int runs = 0, rc = 0;   /* body runs of the current fixed-point loop */
   for (int i = 0; i < g->nnodes; i++) {
     const ir_node *x = g->nodes[i];
-    if (x->id != i) { snprintf(err, errlen, "interp: graph not numbered"); free(V); return -1; }
+    if (x->id != i) { snprintf(err, errlen, "interp: graph not numbered"); rc = -1; break; }
     V[i].rows = x->batch ? nrows : x->rows;
     V[i].n = x->n;
-    V[i].v = calloc((size_t)(V[i].rows * x->n + 1), sizeof(double));
+    if (!V[i].v) V[i].v = calloc((size_t)(V[i].rows * x->n + 1), sizeof(double));
+    if (x->op == IR_FIX_BEGIN) runs = 0;
     if (x->op == IR_INPUT) {
-      const double *src = x->i0 == 0 ? in : ctx;
+      const double *src = x->i0 == 0 ? in : x->i0 == 1 ? ctx : noise;
+      if (!src) { snprintf(err, errlen, "interp: no data for input slot %d", x->i0); rc = -1; break; }
       memcpy(V[i].v, src, (size_t)(nrows * x->n) * sizeof(double));
     } else if (x->op == IR_PARAM) {
       const ir_param *pa = &p->params[x->i0];
@@ -347,25 +500,41 @@ static int interp(const ir_program *p, const ir_graph *g, const void *const *par
     } else {
       eval(x, V, nrows);
     }
+    if (x->op == IR_FIX_END) {
+      int next = fix_next(x, V, ++runs);
+      if (next < 0) {
+        snprintf(err, errlen, "layer %d (residual): the fixed-point inverse did not converge "
+                 "within %d iterations (tol %g)", x->i1, x->i0, x->f0);
+        rc = -1;
+        break;
+      }
+      if (next) i = x->args[0]->id;   /* the body again */
+    }
   }
   double *outs[2] = {out0, out1};
-  for (int k = 0; k < g->nouts; k++) {
+  for (int k = 0; k < g->nouts && !rc; k++) {
     const val *o = &V[g->outs[k]->id];
     if (outs[k]) memcpy(outs[k], o->v, (size_t)(nrows * o->n) * sizeof(double));
   }
   for (int i = 0; i < g->nnodes; i++) free(V[i].v);
   free(V);
-  return 0;
+  return rc;
 }
 
 int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
               long nrows, const double *in, const double *ctx,
               double *out0, double *out1, char *err, size_t errlen) {
-  return interp(p, g, params, nrows, in, ctx, out0, out1, NULL, err, errlen);
+  return interp(p, g, params, nrows, in, ctx, NULL, out0, out1, NULL, err, errlen);
 }
 
 int ir_interp_grads(const ir_program *p, const ir_graph *g, const void *const *params,
                     long nrows, const double *in, const double *ctx, double *out0,
                     double *const *grads, char *err, size_t errlen) {
-  return interp(p, g, params, nrows, in, ctx, out0, NULL, grads, err, errlen);
+  return interp(p, g, params, nrows, in, ctx, NULL, out0, NULL, grads, err, errlen);
+}
+
+int ir_interp_noise(const ir_program *p, const ir_graph *g, const void *const *params,
+                    long nrows, const double *in, const double *ctx, const double *noise,
+                    double *out0, double *const *grads, char *err, size_t errlen) {
+  return interp(p, g, params, nrows, in, ctx, noise, out0, NULL, grads, err, errlen);
 }

@@ -17,7 +17,9 @@ static const char *const op_names[IR_OP_COUNT] = {
   [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv", [IR_MADE_MASK] = "made_mask",
   [IR_DACT] = "dact", [IR_LINEAR_T] = "linear_t", [IR_PAD] = "pad",
   [IR_BCAST] = "bcast", [IR_RQS_GRAD] = "rqs_grad", [IR_ACC_SUM] = "acc_sum",
-  [IR_ACC_OUTER] = "acc_outer",
+  [IR_ACC_OUTER] = "acc_outer", [IR_SPECNORM] = "specnorm", [IR_D2ACT] = "d2act",
+  [IR_LOGDET] = "logdet", [IR_LOGDET_GRAD] = "logdet_grad", [IR_STOPGRAD] = "stopgrad",
+  [IR_FIX_BEGIN] = "fix_begin", [IR_FIX_END] = "fix_end", [IR_PGATHER] = "pgather",
 };
 
 const char *ir_op_name(ir_op op) { return op < IR_OP_COUNT ? op_names[op] : "?"; }
@@ -274,4 +276,92 @@ ir_node *ir_made_mask(ir_graph *g, ir_node *W, int kind, int D, int C, int per) 
 
 int ir_made_connected(int kind, int D, int C, int per, int o, int i) {
   return rt_made_connected(kind, D, C, per, o, i);
+}
+
+ir_node *ir_pgather(ir_graph *g, ir_node *W, int rows, const int *ridx, int n, const int *cidx) {
+  assert(!W->batch && rows > 0);
+  ir_node *x = add(g, IR_PGATHER, 0, rows, n);
+  int *idx = ir_alloc(g->A, (size_t)(rows + n) * sizeof *idx);
+  for (int a = 0; a < rows; a++) idx[a] = ridx[a];
+  for (int b = 0; b < n; b++) idx[rows + b] = cidx[b];
+  x->idx = idx;
+  arg(x, W);
+  return x;
+}
+
+ir_node *ir_specnorm(ir_graph *g, ir_node *W, ir_node *u, double lipschitz) {
+  assert(!W->batch && !u->batch && u->rows * u->n == W->rows);
+  ir_node *x = add(g, IR_SPECNORM, 0, W->rows, W->n);
+  arg(x, W);
+  arg(x, u);
+  x->f0 = lipschitz;
+  return x;
+}
+
+ir_node *ir_d2act(ir_graph *g, ir_op unary, ir_node *a) {
+  assert(ir_is_unary(unary) && a->batch);
+  ir_node *x = add(g, IR_D2ACT, 1, 1, a->n);
+  arg(x, a);
+  x->i0 = unary;
+  return x;
+}
+
+ir_node *ir_logdet(ir_graph *g, ir_node *a, int D) {
+  assert(a->batch && a->n == D * D);
+  ir_node *x = add(g, IR_LOGDET, 1, 1, 1);
+  arg(x, a);
+  x->i0 = D;
+  return x;
+}
+
+ir_node *ir_logdet_grad(ir_graph *g, ir_node *a, ir_node *gd) {
+  assert(a->batch && gd->batch && gd->n == 1);
+  ir_node *x = add(g, IR_LOGDET_GRAD, 1, 1, a->n);
+  arg(x, a);
+  arg(x, gd);
+  for (x->i0 = 0; x->i0 * x->i0 < a->n; x->i0++) {}
+  return x;
+}
+
+ir_node *ir_stopgrad(ir_graph *g, ir_node *a) {
+  assert(a->batch);
+  ir_node *x = add(g, IR_STOPGRAD, 1, 1, a->n);
+  arg(x, a);
+  return x;
+}
+
+ir_node *ir_fix_begin(ir_graph *g, ir_node *u, int layer) {
+  assert(u->batch);
+  ir_node *x = add(g, IR_FIX_BEGIN, 1, 1, u->n);
+  arg(x, u);
+  x->i1 = layer;
+  return x;
+}
+
+ir_node *ir_fix_end(ir_graph *g, ir_node *y, ir_node *ynew, int iters, double tol, int layer) {
+  assert(y->op == IR_FIX_BEGIN && ynew->batch && ynew->n == y->n);
+  ir_node *x = add(g, IR_FIX_END, 1, 1, y->n);
+  arg(x, y);
+  arg(x, ynew);
+  x->i0 = iters;
+  x->i1 = layer;
+  x->f0 = tol;
+  return x;
+}
+
+void ir_last_uses(const ir_graph *g, int *last) {
+  int N = g->nnodes;
+  for (int i = 0; i < N; i++) last[i] = i;
+  for (int i = 0; i < N; i++)
+    for (int k = 0; k < g->nodes[i]->nargs; k++) last[g->nodes[i]->args[k]->id] = i;
+  for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = N;
+  for (int e = 0; e < N; e++) {       /* loops: what the body reads lives to the end */
+    if (g->nodes[e]->op != IR_FIX_END) continue;
+    int b = g->nodes[e]->args[0]->id;
+    for (int i = b + 1; i < e; i++)
+      for (int k = 0; k < g->nodes[i]->nargs; k++) {
+        int a = g->nodes[i]->args[k]->id;
+        if (a < b && last[a] < e) last[a] = e;
+      }
+  }
 }

@@ -28,7 +28,8 @@
 
 typedef enum ir_op {
   /* leaves */
-  IR_INPUT,       /* batch; i0 = slot (0 data, 1 context) */
+  IR_INPUT,       /* batch; i0 = slot (0 data, 1 context, 2 noise: the train
+                     graph's random numbers, ir_program.noise) */
   IR_PARAM,       /* param; i0 = index into program params (F32 or I64) */
   IR_CONST,       /* param [1,1]; f0 = value */
   /* elementwise unary, either class */
@@ -53,6 +54,27 @@ typedef enum ir_op {
                      of kind i0 (IR_MASK_*) for a model of dim i1 and
                      context i2; outputs of the last layer belong to dim
                      o mod D (f0 == 0, affine) or o / f0 (f0 = 3K-1, spline) */
+  IR_PGATHER,     /* W [R,N] -> [rows, n]: y[a][b] = W[idx[a]][idx[rows + b]], a dense
+                     block of a MADE layer's weight (or bias, R = 1) */
+  IR_SPECNORM,    /* W [out,in], u (the sn_u param, [1,out]) -> W / max(1, sigma(W)/f0),
+                     sigma the largest singular value: computed to convergence
+                     (power iteration from u) for evaluation; in the train
+                     entry's prep one power-iteration step per parameter
+                     update, u updated in place (torch.nn.utils.spectral_norm) */
+  /* residual layers, batch */
+  IR_D2ACT,       /* f''(x) of the unary op i0, elementwise (autodiff of IR_DACT) */
+  IR_LOGDET,      /* x[B, D*D] -> [B,1]: log|det(I + X)|, X row-major D x D, i0 = D */
+  IR_LOGDET_GRAD, /* x[B, D*D], g[B,1] -> [B, D*D]: g * (I + X)^-T, row-major */
+  IR_STOPGRAD,    /* identity whose gradient is zero; removed after pass_autodiff */
+  IR_FIX_BEGIN,   /* u[B,n] -> the loop variable y of a fixed-point loop, y = u on
+                     entry; i1 = layer index. Nodes after it up to its IR_FIX_END
+                     are the loop body, evaluated again every iteration */
+  IR_FIX_END,     /* y (the IR_FIX_BEGIN), ynew[B,n] -> [B,n]: closes the loop:
+                     while some row of the tile changed by >= f0 (max over its
+                     columns of |ynew - y|) and fewer than i0 iterations ran,
+                     y = ynew and run the body again; the result is the last
+                     ynew. A row still >= f0 after i0 iterations fails the
+                     kernel with status 1 + i1 (the layer) */
   /* backward ops (passes/autodiff.c), batch */
   IR_DACT,        /* f'(x) of the unary op i0, elementwise */
   IR_LINEAR_T,    /* dy[B,out], W[out,in] (param-class) -> dy W  [B,in] */
@@ -83,7 +105,8 @@ struct ir_node {
   ir_node *args[5];
   int i0, i1, i2;
   double f0;
-  const int *idx;         /* IR_GATHER constant permutation, n entries */
+  const int *idx;         /* IR_GATHER constant permutation, n entries;
+                             IR_PGATHER rows + n entries */
   /* filled by passes */
   int uses;               /* number of uses within the graph (+1 per output) */
   long offset;            /* pass_memplan: this node's buffer starts at
@@ -120,8 +143,11 @@ typedef enum ir_init {
   INIT_ZERO,
   INIT_PERM_RANDOM,       /* permutation drawn from (seed, layer) */
   INIT_PERM_LIST,         /* values[] */
-  INIT_LU_LOWER, INIT_LU_UPPER, INIT_LU_LOG_DIAG, INIT_LU_SIGN, INIT_LU_PERM
+  INIT_LU_LOWER, INIT_LU_UPPER, INIT_LU_LOG_DIAG, INIT_LU_SIGN, INIT_LU_PERM,
                           /* all from one random orthogonal matrix of the layer */
+  INIT_SN_U               /* residual: spectral-norm power-iteration vector, a unit
+                             vector drawn from (layer, J); optional in weights
+                             files, not trained (updated by the train prep) */
 } ir_init;
 
 typedef struct ir_param {
@@ -136,6 +162,22 @@ typedef struct ir_param {
   const int *values;      /* INIT_PERM_LIST */
 } ir_param;
 
+/* The train graph's noise input (slot 2) is these blocks side by side;
+** the runtime fills them per step and row from its seeded RNG. */
+typedef enum ir_noise_kind {
+  IR_NOISE_RADEMACHER,    /* n columns of +-1 (Hutchinson probes) */
+  IR_NOISE_ROULETTE       /* n = kmax columns: q_k = 1 / P(N >= k) for k <= N, else 0
+                             (k = 1..kmax); N = terms + G, G ~ Geometric(p) on
+                             {0, 1, ..}, P(G >= j) = (1-p)^j, N capped at kmax */
+} ir_noise_kind;
+
+typedef struct ir_noise {
+  ir_noise_kind kind;
+  int n;                  /* columns */
+  int terms;              /* IR_NOISE_ROULETTE */
+  double p;               /* IR_NOISE_ROULETTE: 0 means exactly `terms` terms */
+} ir_noise;
+
 typedef struct ir_program {
   ir_arena *A;
   const ir_model *model;
@@ -144,6 +186,10 @@ typedef struct ir_program {
   ir_graph *entry[IR_NENTRY];
   ir_graph *train;        /* pass_autodiff: log_prob with gradient sinks, or NULL */
   int *layer_param0;      /* first parameter index of each layer */
+  int nnoise;             /* blocks of the train graph's noise input */
+  ir_noise *noise;
+  int noise_width;        /* their total width (0: the train graph has none) */
+  int *layer_noise0;      /* first noise column of each layer */
 } ir_program;
 
 /* graph building (ir.c) */
@@ -168,12 +214,28 @@ ir_node *ir_linear_t(ir_graph *g, ir_node *dy, ir_node *W);
 ir_node *ir_pad(ir_graph *g, ir_node *x, int lo, int width);
 ir_node *ir_bcast(ir_graph *g, ir_node *x, int n);
 ir_node *ir_rqs_grad(ir_graph *g, const ir_node *rqs, ir_node *gy, ir_node *gl);
+ir_node *ir_pgather(ir_graph *g, ir_node *W, int rows, const int *ridx, int n, const int *cidx);
+ir_node *ir_specnorm(ir_graph *g, ir_node *W, ir_node *u, double lipschitz);
+ir_node *ir_d2act(ir_graph *g, ir_op unary, ir_node *x);
+ir_node *ir_logdet(ir_graph *g, ir_node *x, int D);
+ir_node *ir_logdet_grad(ir_graph *g, ir_node *x, ir_node *gd);
+ir_node *ir_stopgrad(ir_graph *g, ir_node *x);
+ir_node *ir_fix_begin(ir_graph *g, ir_node *u, int layer);
+ir_node *ir_fix_end(ir_graph *g, ir_node *y, ir_node *ynew, int iters, double tol, int layer);
 ir_node *ir_acc_sum(ir_graph *g, ir_node *a, ir_node *b, ir_node *target);
 ir_node *ir_acc_outer(ir_graph *g, ir_node *dy, ir_node *x, ir_node *target);
 /* Gradient slot of a sink's target: param index, or nparams + prep index. */
 int ir_grad_slot(const ir_program *p, const ir_node *target);
 void ir_output(ir_graph *g, ir_node *x);
 void ir_renumber(ir_graph *g);        /* ids and use counts from scratch */
+/*
+** last[i] = index of the last node that reads node i (g->nnodes for an
+** output; i itself when nothing reads it). A node defined before a
+** fixed-point loop (IR_FIX_BEGIN .. IR_FIX_END) and read inside it lives
+** to the IR_FIX_END, since the body runs again. last has nnodes entries;
+** the graph must be renumbered. Memory planning and codegen both use it.
+*/
+void ir_last_uses(const ir_graph *g, int *last);
 int ir_is_unary(ir_op op);
 int ir_is_sink(ir_op op);
 int ir_is_binary(ir_op op);
@@ -185,6 +247,9 @@ ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen);
 long ir_param_count(const ir_program *p);   /* trainable scalars */
 /* A fresh graph of entry e, as ir_lower made it. */
 ir_graph *ir_lower_entry(ir_program *p, ir_entry e);
+/* log_prob as the train graph wants it: residual layers with a series
+** log-det use the estimator on the noise input (pass_autodiff's start). */
+ir_graph *ir_lower_train(ir_program *p);
 /* The density direction up to layer k: x through the inverses of layers
 ** K-1 .. k+1; out[0] is the input of layer k's inverse (data-dependent
 ** initialisation of actnorm). */
@@ -208,5 +273,10 @@ int ir_interp(const ir_program *p, const ir_graph *g, const void *const *params,
 int ir_interp_grads(const ir_program *p, const ir_graph *g, const void *const *params,
                     long nrows, const double *in, const double *ctx, double *out0,
                     double *const *grads, char *err, size_t errlen);
+/* The same with the train graph's noise input (slot 2): nrows x
+** p->noise_width doubles; grads may be NULL. */
+int ir_interp_noise(const ir_program *p, const ir_graph *g, const void *const *params,
+                    long nrows, const double *in, const double *ctx, const double *noise,
+                    double *out0, double *const *grads, char *err, size_t errlen);
 
 #endif

@@ -36,6 +36,7 @@ typedef enum ir_layerkind {
   LAYER_LINEAR_LU,
   LAYER_MAF,                  /* masked autoregressive flow (made net) */
   LAYER_IAF,                  /* inverse autoregressive flow (made net) */
+  LAYER_RESIDUAL,             /* i-ResNet / residual flow: x = y + g(y) inverted */
   LAYER_COUNT
 } ir_layerkind;
 
@@ -52,6 +53,13 @@ typedef struct ir_layer {
   ir_permkind perm_kind;      /* permute */
   uint64_t perm_seed;         /* permute(random, seed = S) */
   const int *perm;            /* permute([..]): dim entries */
+  /* residual */
+  double lipschitz;           /* c: every weight scaled to sigma <= c */
+  int series;                 /* logdet = series(...) for training; 0: exact */
+  int terms;                  /* series: terms always computed */
+  double roulette;            /* series: Russian-roulette p (0: none) */
+  int iters;                  /* fixed-point inverse: most iterations */
+  double tol;                 /* ... stop when no coordinate moves by tol */
 } ir_layer;
 
 typedef enum ir_base { BASE_NORMAL } ir_base;

@@ -116,12 +116,29 @@ static void back(ad *a, ir_node *x, ir_node *G) {
   case IR_GATHER: back_gather(a, x, G); break;
   case IR_RQS: back_rqs(a, x, G); break;
   case IR_ROWSUM: add_grad(a, u, ir_bcast(g, G, u->n)); break;
-  default: break;   /* inputs; backward ops never occur in a forward graph */
+  case IR_DACT:   /* residual layers' Jacobians use f' */
+    add_grad(a, u, ir_binary(g, IR_MUL, G, ir_d2act(g, (ir_op)x->i0, u)));
+    break;
+  case IR_LOGDET: add_grad(a, u, ir_logdet_grad(g, u, G)); break;
+  case IR_STOPGRAD: break;
+  default: break;   /* inputs; other backward ops occur only under a STOPGRAD */
   }
 }
 
+/* A STOPGRAD has done its work once the sweep is over: read its argument. */
+static void drop_stopgrads(ir_graph *g) {
+  for (int i = 0; i < g->nnodes; i++) {
+    ir_node *x = g->nodes[i];
+    for (int k = 0; k < x->nargs; k++)
+      while (x->args[k]->op == IR_STOPGRAD) x->args[k] = x->args[k]->args[0];
+  }
+  for (int k = 0; k < g->nouts; k++)
+    while (g->outs[k]->op == IR_STOPGRAD) g->outs[k] = g->outs[k]->args[0];
+  pass_dce(g);
+}
+
 int pass_autodiff(ir_program *p) {
-  ir_graph *g = ir_lower_entry(p, IR_ENTRY_LOGPROB);
+  ir_graph *g = ir_lower_train(p);
   int nfwd = g->nnodes;
   ad a = {g, p, calloc((size_t)nfwd, sizeof(ir_node *)), calloc((size_t)nfwd, 1)};
   mark_needs(&a, nfwd);
@@ -135,6 +152,8 @@ int pass_autodiff(ir_program *p) {
   }
   free(a.grad);
   free(a.needs);
+  ir_renumber(g);
+  drop_stopgrads(g);
   ir_renumber(g);
   p->train = g;
   return 0;

@@ -18,7 +18,8 @@ static int same(const ir_node *a, const ir_node *b) {
   for (int k = 0; k < a->nargs; k++)
     if (a->args[k] != b->args[k]) return 0;
   if ((a->idx == NULL) != (b->idx == NULL)) return 0;
-  return !a->idx || memcmp(a->idx, b->idx, (size_t)a->n * sizeof *a->idx) == 0;
+  size_t len = (size_t)(a->op == IR_PGATHER ? a->rows + a->n : a->n);
+  return !a->idx || memcmp(a->idx, b->idx, len * sizeof *a->idx) == 0;
 }
 
 static unsigned hash(const ir_node *x) {

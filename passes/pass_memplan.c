@@ -2,8 +2,10 @@
 ** passes/pass_memplan.c: scratch memory of a tile. Every batch node but
 ** the inputs gets a buffer of n floats per row; a buffer is free again after
 ** the last node that reads it, and later nodes reuse it (first fit over the
-** free list). Outputs stay live to the end. Sizes are rounded up to 16
-** floats so every buffer of a 16-row-aligned tile is 64-byte aligned.
+** free list). Outputs stay live to the end; what a fixed-point loop's body
+** reads from before the loop stays live to the loop's end (ir_last_uses).
+** Sizes are rounded up to 16 floats so every buffer of a 16-row-aligned
+** tile is 64-byte aligned.
 */
 #include "passes.h"
 
@@ -46,10 +48,7 @@ void pass_memplan(ir_graph *g) {
   ir_renumber(g);
   int N = g->nnodes;
   int *last = malloc(((size_t)N + 1) * sizeof *last);
-  for (int i = 0; i < N; i++) last[i] = i;
-  for (int i = 0; i < N; i++)
-    for (int k = 0; k < g->nodes[i]->nargs; k++) last[g->nodes[i]->args[k]->id] = i;
-  for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = N;
+  ir_last_uses(g, last);
   plan P = {malloc(((size_t)N + 1) * sizeof(span)), 0, 0};
   long peak = 0;
   for (int i = 0; i < N; i++) {
@@ -62,6 +61,11 @@ void pass_memplan(ir_graph *g) {
       for (int j = 0; j < k; j++) dup |= x->args[j] == a;
       if (!dup && last[a->id] == i && a->offset >= 0) give(&P, a->offset, rounded(a->n));
     }
+    if (x->op == IR_FIX_END)   /* what the loop body read from before the loop */
+      for (int j = 0; j < x->args[0]->id; j++) {
+        ir_node *a = g->nodes[j];
+        if (last[j] == i && a->offset >= 0) give(&P, a->offset, rounded(a->n));
+      }
   }
   g->scratch = peak;
   free(last);

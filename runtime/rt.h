@@ -6,7 +6,10 @@
 ** The same runtime drives kernels from the in-process JIT and from a built
 ** shared object, so both give the same numbers.
 **
-** Kernel ABI: void k(void *const *args, int64_t nrows), nrows <= desc.tile.
+** Kernel ABI: int32_t k(void *const *args, int64_t nrows), nrows <= desc.tile;
+** returns 0, or 1 + k when the fixed-point loop of layer k (a residual
+** layer's inverse) left a row of the tile unconverged (the outputs of that
+** tile are then undefined).
 **   args[0] in   rows of the entry's input (x or z), nrows x dim
 **   args[1] ctx  nrows x context (NULL when context == 0)
 **   args[2] out0 nrows x (dim, or 1 for log_prob)
@@ -25,10 +28,12 @@
 #define RT_NENTRY 5
 enum { RT_ENCODE, RT_ENCODE_LD, RT_DECODE, RT_DECODE_LD, RT_LOGPROB };
 
-/* Error codes returned by rt_model_* (and the .so's functions). */
-enum { RT_OK = 0, RT_EINVAL = -1, RT_ENOMEM = -2, RT_ENUMERIC = -3 };
+/* Error codes returned by rt_model_* (and the .so's functions).
+** RT_ENOCONV: a kernel reported an unconverged fixed-point loop
+** (rt_model_failed_layer says which layer). */
+enum { RT_OK = 0, RT_EINVAL = -1, RT_ENOMEM = -2, RT_ENUMERIC = -3, RT_ENOCONV = -4 };
 
-typedef void (*rt_kernel)(void *const *args, int64_t nrows);
+typedef int32_t (*rt_kernel)(void *const *args, int64_t nrows);
 
 typedef enum rt_dtype { RT_F32, RT_I64 } rt_dtype;
 
@@ -37,7 +42,10 @@ typedef enum rt_init {
   RT_INIT_LINEAR_WEIGHT, RT_INIT_LINEAR_BIAS, RT_INIT_ZERO,
   RT_INIT_PERM_RANDOM, RT_INIT_PERM_LIST,
   RT_INIT_LU_LOWER, RT_INIT_LU_UPPER, RT_INIT_LU_LOG_DIAG, RT_INIT_LU_SIGN,
-  RT_INIT_LU_PERM
+  RT_INIT_LU_PERM,
+  RT_INIT_SN_U              /* residual: spectral-norm power-iteration vector
+                               [out], F32; optional in weights files, not
+                               trained, advanced by the train prep (below) */
 } rt_init;
 
 typedef struct rt_param_desc {
@@ -57,17 +65,67 @@ typedef enum rt_prep_op {
   RT_PREP_ADD, RT_PREP_SUB, RT_PREP_MUL,   /* equal shapes or [1,1] broadcast */
   RT_PREP_CONST,                           /* [1,1] = f */
   RT_PREP_LU_W, RT_PREP_LU_WINV,          /* lower, upper, log_diag, sign, perm */
-  RT_PREP_MADE_MASK                        /* W * the MADE mask of iargs (rt_made.h) */
+  RT_PREP_MADE_MASK,                       /* W * the MADE mask of iargs (rt_made.h) */
+  RT_PREP_SPECNORM,                        /* W [out,in], u (an RT_INIT_SN_U param) ->
+                                              W / max(1, sigma / f); iargs[0] mode */
+  RT_PREP_GATHER                           /* W [R,N] -> [rows,n]: y[a][b] = W[I[a]][I[rows+b]],
+                                              I = desc.idx + iargs[0] (a MADE block) */
 } rt_prep_op;
+
+/*
+** RT_PREP_SPECNORM (flow-language.md 6), f = the lipschitz constant c:
+**   mode 0 (evaluation): sigma = the largest singular value of W, by power
+**     iteration in double from u (plus 1e-6 |u| of a fixed vector, so that
+**     a u exactly orthogonal to the top singular vector cannot converge to
+**     another; the fixed vector alone when u is all zero) until sigma
+**     changes by < 1e-12 relative (at most RT_SN_MAX_ITERS iterations);
+**     u is only read.
+**   mode 1 (the train program only): ONE step from the stored u, as
+**     torch.nn.utils.spectral_norm in training: v = W^T u / |.|,
+**     u' = W v / |.|, sigma = u' . W v, and u' is WRITTEN into the sn_u
+**     parameter (so the next run continues from it).
+**   Both: when W^T u is zero (u all zero, or W = 0 as a zero-initialised
+**   last layer is) the iteration starts from the fixed vector instead; if
+**   that gives zero too, sigma = 0 and u is kept (torch would store the
+**   zero vector and stay there for good).
+**   Only mode 1 writes, so rt_desc_check allows it in the train program
+**   alone and at most once per sn_u parameter: one step per run of it.
+** Its value in rt_prep_forward's vals[q] has a tail after the rows * n
+** result (rt_prep_val_len): sigma, the divisor max(1, sigma / c), u' [out],
+** v [in], and the u the step started from [out] (the stored u), which
+** rt_prep_backward uses: dW = G if sigma <= c, else (c / sigma) (G -
+** (sum(G .* W) / sigma) u' v^T), u' and v held constant (torch's gradient,
+** exact at convergence); u gets none.
+*/
+#define RT_SN_MAX_ITERS 10000
 
 typedef struct rt_prep {
   rt_prep_op op;
   int nargs;
   int args[5];              /* < nparams: parameter; else nparams + prep index */
   int rows, n;              /* result shape */
-  double f;                 /* RT_PREP_CONST */
-  int iargs[4];             /* RT_PREP_MADE_MASK: kind, D, C, per */
+  double f;                 /* RT_PREP_CONST; RT_PREP_SPECNORM: lipschitz c */
+  int iargs[4];             /* RT_PREP_MADE_MASK: kind, D, C, per;
+                               RT_PREP_SPECNORM: mode (0 evaluation, 1 train) */
 } rt_prep;
+
+/*
+** Blocks of the train kernel's noise input, one row per sample, filled by
+** rt_model_grad (see rt_model_set_noise):
+**   RT_NOISE_RADEMACHER  n columns of +-1 (Hutchinson probes)
+**   RT_NOISE_ROULETTE    n = kmax columns, column k-1 (k = 1..kmax) holds
+**     q_k = 1 / P(N >= k) when k <= N, else 0; N = min(terms + G, kmax),
+**     G ~ Geometric(p) on {0, 1, ..}, P(G >= j) = (1-p)^j (p = 0: G = 0),
+**     so q_k = 1 for k <= terms, (1-p)^-(k - terms) above, and
+**     E[column k-1] = 1 for every k (the Russian-roulette estimator).
+*/
+typedef enum rt_noise_kind { RT_NOISE_RADEMACHER, RT_NOISE_ROULETTE } rt_noise_kind;
+typedef struct rt_noise {
+  rt_noise_kind kind;
+  int n;                    /* columns */
+  int terms;                /* RT_NOISE_ROULETTE: 0 <= terms <= n */
+  double p;                 /* RT_NOISE_ROULETTE: 0 <= p < 1 */
+} rt_noise;
 
 typedef struct rt_entry_desc {
   int nprep;
@@ -85,6 +143,11 @@ typedef struct rt_desc {
   rt_entry_desc entry[RT_NENTRY];
   int has_train;            /* a gradient kernel exists (flowc train) */
   rt_entry_desc train;      /* its prep program and scratch; has_ld 0 */
+  int nidx;                 /* index lists of the RT_PREP_GATHER ops, one pool */
+  int *idx;
+  int nnoise;               /* the train kernel's random input (ir_noise): */
+  rt_noise *noise;          /* blocks side by side in a row, */
+  int noise_width;          /* of total width sum(n) (0: none) */
 } rt_desc;
 
 /* Descriptor text form: what a built .so carries; parse(format(d)) == d. */
@@ -124,6 +187,12 @@ int rt_safetensors_save(const char *path, const rt_named_tensor *t, int n,
                         const char *const *meta, char *err, size_t errlen);
 int rt_weights_init(const rt_desc *d, uint64_t seed, rt_weights *w,
                     char *err, size_t errlen);
+/* The initial value of sn_u parameter i of d (RT_INIT_SN_U, numel floats):
+** a unit vector of standard normals from Philox keyed by (its layer, i),
+** independent of the seed. rt_weights_init gives it, and so do
+** rt_weights_load and rt_checkpoint_load for a file without the tensor
+** (sn_u is optional in weights files, flow-language.md 6). */
+void rt_sn_u_init(const rt_desc *d, int i, float *out);
 void rt_weights_free(rt_weights *w);
 
 /* ---- a loaded model (rt_model.c) ---- */
@@ -143,6 +212,10 @@ int rt_model_log_prob(rt_model *m, size_t n, const float *x, const float *ctx,
                       size_t ctx_rows, float *log_prob);
 int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
                     size_t ctx_rows, float *x, float *log_prob);
+/* The layer of the last RT_ENOCONV of m's calls (rt_model_grad too): when
+** several tiles failed, the one with the lowest row wins, so the answer does
+** not depend on the thread count. -1 when no call has failed so. */
+int rt_model_failed_layer(const rt_model *m);
 /* The prep results of an entry, for tests and the interpreter; entry
 ** RT_TRAIN_PREP (when desc.has_train): the train program's. */
 const float *const *rt_model_prep(const rt_model *m, int entry);
@@ -153,6 +226,18 @@ const float *const *rt_model_prep(const rt_model *m, int entry);
 ** float* or int64_t* by dtype; vals[q] receives result q (rows * n). */
 void rt_prep_forward(const rt_desc *d, const rt_entry_desc *en, void *const *params,
                      double *const *vals);
+/* Doubles vals[q] must hold for prep p: rows * n, and for RT_PREP_SPECNORM
+** a tail of 2 + 2 out + in (u, v and sigma for rt_prep_backward). Mode 1
+** writes its sn_u parameter (params[p->args[1]]). */
+size_t rt_prep_val_len(const rt_prep *p);
+/* Spectral norm helpers, in double, W row-major [out, in] (for tests and
+** the reference interpreter; RT_PREP_SPECNORM uses the same code):
+** rt_specnorm_sigma iterates to convergence as mode 0 does, from u[out]
+** (all zero: the fixed vector), and leaves the converged u in u and v in
+** v[in]; rt_specnorm_step is mode 1's single step, u updated in place.
+** Both return sigma (0 for W = 0). */
+double rt_specnorm_sigma(const double *W, int out, int in, double *u, double *v);
+double rt_specnorm_step(const double *W, int out, int in, double *u, double *v);
 /* Doubles of work space rt_prep_backward needs for en (2 D^2 for the
 ** largest linear_lu, else 0). */
 size_t rt_prep_work_size(const rt_desc *d, const rt_entry_desc *en);
@@ -172,19 +257,43 @@ void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *pa
 **   args[5+P+Q .. 5+P+2Q+P)  P + Q gradient slots (float*, NULL for I64
 **   params): the kernel ADDS d(sum over its rows of -log p)/d(slot) into
 **   them. Slot i < P is parameter i, slot P + q is prep result q.
+**   args[5+2P+2Q]  noise: nrows x desc.noise_width floats, row r holding
+**   the blocks of desc.noise for sample r of the tile (NULL when
+**   noise_width is 0); read only.
 ** rt_model_grad runs it over n rows (tiles spread over the threads, each
 ** thread accumulating into its own slots, summed in thread order), then
 ** back-propagates the prep slots through the prep program into the
 ** parameters (rt_prep_backward), and divides by n: grads[i] (floats, or
-** NULL for I64 params) receives d(mean -log p)/d(param i); *loss the mean
-** -log p. Returns RT_ENUMERIC when the loss or a gradient is not finite.
+** NULL for I64 params) receives d(mean -log p)/d(param i) (0 for sn_u,
+** which the kernel and the specnorm reverse leave alone); *loss the mean
+** -log p. Returns RT_ENUMERIC when the loss or a gradient is not finite,
+** RT_ENOCONV (nothing computed) when a kernel call returned a status.
 */
 int rt_model_set_train(rt_model *m, rt_kernel train);
+/* The noise of the following rt_model_grad calls (call it once per step,
+** counter = the step): value (row, column) depends only on (seed,
+** counter, the row's index in the batch, column), never on threads or
+** tiles. Philox key seed ^ 0x6e6f697365 ("noise"), counter (hi = counter,
+** lo = row << 24 | block << 16 | word), so it does not repeat the data
+** shuffles of the same seed. Rademacher column j of a block is bit j % 128
+** of word j / 128 (1: +1); a roulette block draws G from word 0's first
+** 64 bits: U in (0,1), G = floor(log U / log(1 - p)). Both 0 until set. */
+void rt_model_set_noise(rt_model *m, uint64_t seed, uint64_t counter);
 int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_t ctx_rows,
                   double *loss, float *const *grads);
 /* Replaces the model's parameters (same shapes) and reruns every prep
-** program: what an optimiser step ends with. */
+** program: what an optimiser step ends with. The train program runs first
+** (its specnorm steps advance the model's sn_u), then the others.
+** sn_u parameters advanced by the train program are the model's state
+** while it trains (rt_model_set_train done): their values in w are NOT
+** copied in; instead, on success, w's buffers RECEIVE the vectors the
+** step started from (unless they are the model's own, rt_model_params).
+** So after every set_params, w holds what torch's state_dict would at
+** that point (weight, u before the next forward), and a model opened
+** from w continues exactly as this one: save w, not rt_model_params. */
 int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errlen);
+/* The live parameters (the kernels'); an advanced sn_u here is one power
+** step ahead of what set_params hands back. */
 const rt_weights *rt_model_params(const rt_model *m);
 
 /* ---- optimiser (rt_optim.c) ---- */
@@ -198,7 +307,8 @@ typedef struct rt_optim_cfg {
 typedef struct rt_optim rt_optim;
 
 /* Zeroed moments for every trained parameter of d: the F32 ones except
-** linear_lu's sign (RT_INIT_LU_SIGN). NULL when out of memory or c is bad. */
+** linear_lu's sign (RT_INIT_LU_SIGN) and the spectral-norm vectors
+** (RT_INIT_SN_U). NULL when out of memory or c is bad. */
 rt_optim *rt_optim_new(const rt_desc *d, const rt_optim_cfg *c);
 void rt_optim_free(rt_optim *o);
 /* The learning rate of step `step` (0-based): a linear warm-up over
@@ -250,12 +360,15 @@ int rt_checkpoint_load(const rt_desc *d, const char *path, rt_weights *w, rt_opt
                        rt_train_state *s, char *err, size_t errlen);
 void rt_train_state_free(rt_train_state *s);
 
-/* ---- toy 2-D data sets (rt_toy.c) ---- */
-/* n rows of 2 floats into out, deterministic in (name, n, seed): "moons",
-** "circles", "8gaussians", "checkerboard", "pinwheel", "2spirals", as in
-** FFJORD's toy_data.py (with its scaling). An unknown name is an error
-** listing the valid ones. */
+/* ---- toy data sets (rt_toy.c) ---- */
+/* n rows of rt_toy_dim(name) floats into out, deterministic in (name, n,
+** seed): the 2-D "moons", "circles", "8gaussians", "checkerboard",
+** "pinwheel", "2spirals", as in FFJORD's toy_data.py (with its scaling),
+** and the 8-D "tabular8" (nonlinear autoregressive dependencies, for MAF).
+** An unknown name is an error listing the valid ones. */
 int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen);
+/* The width of a row of toy set name: 2 or 8; -1 for an unknown name. */
+int rt_toy_dim(const char *name);
 
 /* Entry points of a built shared object (rt_so.c): the generated m_open
 ** calls this with the embedded descriptor text and, optionally, weights. */
@@ -311,5 +424,13 @@ void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
 void rt_k_gemm_nn(int64_t m, int64_t n, int64_t k, const float *A, const float *B, float *C);
 void rt_k_gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                       float *C);
+/* Residual layers' exact log-determinant, x a row-major D x D matrix X
+** (contiguous), D <= RT_K_LOGDET_MAX (the work space is on the stack; the
+** code generator refuses larger D): log|det(I + X)| by LU with partial
+** pivoting in double, -inf when I + X is singular; and its gradient, out =
+** g (I + X)^-T row-major (NaN everywhere when singular). */
+#define RT_K_LOGDET_MAX 64
+float rt_k_logdet(const float *x, int64_t D);
+void rt_k_logdet_grad(const float *x, int64_t D, float g, float *out);
 
 #endif

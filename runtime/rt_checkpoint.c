@@ -7,7 +7,10 @@
 **   __metadata__     format, model, step, optim_step, best_valid (%.17g),
 **                    since_best, seed, and best_step with best.NAME
 ** Loading checks every tensor against the model as rt_weights_load does and
-** refuses a tensor that is none of these.
+** refuses a tensor that is none of these. The spectral-norm vectors sn_u
+** are saved like any parameter (no moments: not trained) and, as in
+** weights files, optional: a missing one (or best.one) gets its initial
+** value.
 */
 #include "rt_internal.h"
 
@@ -185,6 +188,17 @@ static int alloc_weights(rt_weights *w, int n) {
   return w->data ? 0 : -1;
 }
 
+/* A missing sn_u (or best.sn_u): its initial value into *out. */
+static int fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
+                      size_t errlen) {
+  size_t n = rt_param_numel(&d->params[i]);
+  float *u = malloc((n ? n : 1) * sizeof(float));
+  if (!u) return rt_errf(err, errlen, "%s: out of memory", what);
+  rt_sn_u_init(d, i, u);
+  *out = u;
+  return 0;
+}
+
 static int load_all(const rt_desc *d, const rt_st *st, const char *what, const found *f,
                     rt_weights *w, rt_optim *o, rt_train_state *s, char *err, size_t errlen) {
   int P = d->nparams, any_best = 0;
@@ -198,6 +212,11 @@ static int load_all(const rt_desc *d, const rt_st *st, const char *what, const f
       float *mom = kind == K_M || kind == K_V ? rt_optim_moment(o, i, kind == K_V) : NULL;
       int need = kind == K_PARAM || (kind == K_BEST && any_best) || mom;
       int k = f->at[kind][i];
+      if (k < 0 && need && d->params[i].init == RT_INIT_SN_U && (kind == K_PARAM || kind == K_BEST)) {
+        if (fresh_sn_u(d, i, what, kind == K_PARAM ? &w->data[i] : &s->best.data[i], err, errlen))
+          return -1;
+        continue;
+      }
       if (k < 0) {
         if (need) return rt_errf(err, errlen, "%s: tensor '%s%s' is missing", what, prefix[kind], name);
         continue;

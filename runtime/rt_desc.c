@@ -10,18 +10,26 @@
 **   tile T
 **   params P
 **   param NAME f32|i64 NDIM S0 S1 INIT FAN_IN LAYER SEED NVALUES V...   (P lines)
+**   index N V...      (optional: the pool of the gather ops' index lists)
 **   entry ENTRY scratch S has_ld 0|1 nprep Q                          (5 times)
-**   prep OP ROWS N F NARGS A... [KIND D C PER]                        (Q lines)
+**   prep OP ROWS N F NARGS A... [KIND D C PER | MODE]                 (Q lines)
 **   train scratch S nprep Q          (optional: only when has_train)
 **   prep OP ROWS N F NARGS A...                                       (Q lines)
+**   noise NB                         (optional: only in train, NB > 0)
+**   block KIND N TERMS P                                             (NB lines)
 **   end
 **
 ** ENTRY is encode, encode_ld, decode, decode_ld, logprob, in that order.
 ** INIT is linear_weight linear_bias zero perm_random perm_list lu_lower
-** lu_upper lu_log_diag lu_sign lu_perm; OP is exp neg sum add sub mul const
-** lu_w lu_winv made_mask (which alone has the four ints in brackets, its
-** mask: rt_made.h); F is printed with %.17g so it reads back exactly. Names hold
-** no white space. Blank lines and lines starting with '#' are ignored.
+** lu_upper lu_log_diag lu_sign lu_perm sn_u; OP is exp neg sum add sub mul
+** const lu_w lu_winv made_mask specnorm gather (its one int: the offset of
+** its rows + N indices in the pool): made_mask alone has the four ints
+** KIND D C PER (its mask: rt_made.h), specnorm alone one, MODE (0
+** evaluation, 1 train; its F is the lipschitz constant). The noise blocks
+** (KIND rademacher or roulette; TERMS and P are 0 for rademacher) are the
+** train kernel's random input; their widths sum to noise_width. F and P are
+** printed with %.17g so they read back exactly. Names hold no white space.
+** Blank lines and lines starting with '#' are ignored.
 */
 #include "rt_internal.h"
 
@@ -39,14 +47,21 @@ static const char *const entry_names[RT_NENTRY] = {
 };
 static const char *const init_names[] = {
   "linear_weight", "linear_bias", "zero", "perm_random", "perm_list",
-  "lu_lower", "lu_upper", "lu_log_diag", "lu_sign", "lu_perm"
+  "lu_lower", "lu_upper", "lu_log_diag", "lu_sign", "lu_perm", "sn_u"
 };
 #define NINIT ((int)(sizeof init_names / sizeof init_names[0]))
 static const char *const op_names[] = {
-  "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv", "made_mask"
+  "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv", "made_mask",
+  "specnorm", "gather"
 };
 #define NOP ((int)(sizeof op_names / sizeof op_names[0]))
-static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1 };
+static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1 };
+static const char *const noise_names[] = { "rademacher", "roulette" };
+#define NNOISE_KIND 2
+/* Limits of the noise layout, so a counter fits rt_model_set_noise's
+** Philox counter (lo = row << 24 | block << 16 | word, 128 bits a word). */
+#define MAX_NOISE_BLOCKS 256
+#define MAX_NOISE_COLS (65536 * 128)
 
 /* ------------------------------------------------------------------ */
 /* formatting                                                          */
@@ -79,7 +94,18 @@ static void format_preps(sbuf *b, const rt_entry_desc *en) {
     for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(b, " %d", pr->args[a]);
     if (pr->op == RT_PREP_MADE_MASK)
       for (int k = 0; k < 4; k++) sb_printf(b, " %d", pr->iargs[k]);
+    if (pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_GATHER) sb_printf(b, " %d", pr->iargs[0]);
     sb_printf(b, "\n");
+  }
+}
+
+static void format_noise(sbuf *b, const rt_desc *d) {
+  if (d->nnoise <= 0) return;
+  sb_printf(b, "noise %d\n", d->nnoise);
+  for (int k = 0; k < d->nnoise; k++) {
+    const rt_noise *z = &d->noise[k];
+    int kind = (int)z->kind >= 0 && (int)z->kind < NNOISE_KIND ? (int)z->kind : 0;
+    sb_printf(b, "block %s %d %d %.17g\n", noise_names[kind], z->n, z->terms, z->p);
   }
 }
 
@@ -100,6 +126,11 @@ char *rt_desc_format(const rt_desc *d) {
     for (int k = 0; k < nv; k++) sb_printf(&b, " %d", p->values[k]);
     sb_printf(&b, "\n");
   }
+  if (d->nidx > 0) {
+    sb_printf(&b, "index %d", d->nidx);
+    for (int k = 0; k < d->nidx; k++) sb_printf(&b, " %d", d->idx[k]);
+    sb_printf(&b, "\n");
+  }
   for (int e = 0; e < RT_NENTRY; e++) {
     const rt_entry_desc *en = &d->entry[e];
     sb_printf(&b, "entry %s scratch %ld has_ld %d nprep %d\n", entry_names[e],
@@ -109,6 +140,7 @@ char *rt_desc_format(const rt_desc *d) {
   if (d->has_train) {
     sb_printf(&b, "train scratch %ld nprep %d\n", d->train.scratch, d->train.nprep);
     format_preps(&b, &d->train);
+    format_noise(&b, d);
   }
   sb_printf(&b, "end\n");
   if (b.oom) { free(b.p); return NULL; }
@@ -129,6 +161,8 @@ void rt_desc_free(rt_desc *d) {
   free(d->params);
   for (int e = 0; e < RT_NENTRY; e++) free(d->entry[e].prep);
   free(d->train.prep);
+  free(d->noise);
+  free(d->idx);
   free(d);
 }
 
@@ -141,6 +175,10 @@ rt_desc *rt_desc_copy(const rt_desc *s) {
   for (int e = 0; e < RT_NENTRY; e++) d->entry[e].prep = NULL;
   d->train.prep = NULL;
   d->train.nprep = 0;
+  d->noise = NULL;
+  d->nnoise = 0;
+  d->idx = NULL;
+  d->nidx = 0;
   int nparams = d->nparams;
   d->nparams = 0;
   d->name = rt_strdup(s->name ? s->name : "");
@@ -175,6 +213,17 @@ rt_desc *rt_desc_copy(const rt_desc *s) {
     if (!d->train.prep) goto oom;
     memcpy(d->train.prep, s->train.prep, (size_t)s->train.nprep * sizeof(rt_prep));
     d->train.nprep = s->train.nprep;
+  }
+  if (s->nidx > 0 && s->idx) {
+    if (!(d->idx = malloc((size_t)s->nidx * sizeof *d->idx))) goto oom;
+    memcpy(d->idx, s->idx, (size_t)s->nidx * sizeof *d->idx);
+    d->nidx = s->nidx;
+  }
+  if (s->nnoise > 0 && s->noise) {
+    d->noise = malloc((size_t)s->nnoise * sizeof *d->noise);
+    if (!d->noise) goto oom;
+    memcpy(d->noise, s->noise, (size_t)s->nnoise * sizeof *d->noise);
+    d->nnoise = s->nnoise;
   }
   return d;
 oom:
@@ -211,7 +260,8 @@ static int check_param(const rt_param_desc *p, char *err, size_t errlen) {
     return rt_errf(err, errlen, "descriptor: parameter %s has a bad dtype", p->name);
   int isperm = p->init == RT_INIT_PERM_RANDOM || p->init == RT_INIT_PERM_LIST ||
                p->init == RT_INIT_LU_PERM;
-  if (isperm != (p->dtype == RT_I64) || (isperm && p->ndim != 1))
+  if (isperm != (p->dtype == RT_I64) || (isperm && p->ndim != 1) ||
+      (p->init == RT_INIT_SN_U && p->ndim != 1))
     return rt_errf(err, errlen, "descriptor: parameter %s: dtype does not fit its init", p->name);
   if (p->fan_in < 0)
     return rt_errf(err, errlen, "descriptor: parameter %s has a negative fan_in", p->name);
@@ -248,6 +298,30 @@ static int operand(const rt_desc *d, const rt_entry_desc *en, int q, int a,
   *rows = en->prep[k].rows;
   *n = en->prep[k].n;
   *isint = 0;
+  return 0;
+}
+
+/* specnorm: W [out,in] of floats, u an sn_u param of out values, c > 0;
+** mode 1 (it writes u) only in the train program. */
+static int bad_specnorm(const rt_desc *d, const rt_prep *p, const int *r, const int *n,
+                        const int *isint, int train) {
+  int u = p->args[1];
+  if (isint[0] || isint[1] || p->rows != r[0] || p->n != n[0]) return 1;
+  if (u >= d->nparams || d->params[u].init != RT_INIT_SN_U ||
+      rt_param_numel(&d->params[u]) != (size_t)r[0])
+    return 1;
+  if (!(p->f > 0) || p->f > 1e300) return 1;
+  return p->iargs[0] != 0 && !(p->iargs[0] == 1 && train);
+}
+
+/* gather: rows + n indices in the pool, each inside W [R, N]. */
+static int bad_gather(const rt_desc *d, const rt_prep *p, int R, int N) {
+  long off = p->iargs[0];
+  if (off < 0 || p->rows < 1 || off + p->rows + p->n > d->nidx) return 1;
+  for (int a = 0; a < p->rows + p->n; a++) {
+    int v = d->idx[off + a];
+    if (v < 0 || v >= (a < p->rows ? R : N)) return 1;
+  }
   return 0;
 }
 
@@ -289,6 +363,12 @@ static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, 
     bad = isint[0] || p->rows != r[0] || p->n != n[0] || p->iargs[0] < 0 || p->iargs[0] > 3 ||
           p->iargs[1] < 1 || p->iargs[2] < 0 || p->iargs[3] < 0;
     break;
+  case RT_PREP_SPECNORM:
+    bad = bad_specnorm(d, p, r, n, isint, en == &d->train);
+    break;
+  case RT_PREP_GATHER:
+    bad = isint[0] || bad_gather(d, p, r[0], n[0]);
+    break;
   case RT_PREP_LU_W: case RT_PREP_LU_WINV: {
     int D = p->n;
     bad = p->rows != D || r[0] != D || n[0] != D || r[1] != D || n[1] != D ||
@@ -301,6 +381,43 @@ static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, 
   if (bad)
     return rt_errf(err, errlen, "descriptor: %s prep %d (%s): operand shapes or types do not fit",
                    E, q, op_names[p->op]);
+  return 0;
+}
+
+/* Why: each mode-1 specnorm advances its u; two on one u would advance it
+** twice per run of the train program. */
+static int check_sn_steps(const rt_desc *d, char *err, size_t errlen) {
+  const rt_entry_desc *en = &d->train;
+  for (int q = 0; q < en->nprep; q++) {
+    const rt_prep *a = &en->prep[q];
+    if (a->op != RT_PREP_SPECNORM || a->iargs[0] != 1) continue;
+    for (int k = 0; k < q; k++) {
+      const rt_prep *b = &en->prep[k];
+      if (b->op == RT_PREP_SPECNORM && b->iargs[0] == 1 && b->args[1] == a->args[1])
+        return rt_errf(err, errlen, "descriptor: train preps %d and %d both advance %s", k, q,
+                       d->params[a->args[1]].name);
+    }
+  }
+  return 0;
+}
+
+static int check_noise(const rt_desc *d, char *err, size_t errlen) {
+  if (d->nnoise == 0 && d->noise_width == 0) return 0;
+  if (!d->has_train || d->nnoise < 0 || d->nnoise > MAX_NOISE_BLOCKS || !d->noise)
+    return rt_errf(err, errlen, "descriptor: bad noise layout (%d blocks)", d->nnoise);
+  long width = 0;
+  for (int k = 0; k < d->nnoise; k++) {
+    const rt_noise *z = &d->noise[k];
+    int roul = z->kind == RT_NOISE_ROULETTE;
+    if ((z->kind != RT_NOISE_RADEMACHER && !roul) || z->n < 1 || z->n > MAX_NOISE_COLS ||
+        (roul ? z->terms < 0 || z->terms > z->n || !(z->p >= 0 && z->p < 1)
+              : z->terms != 0 || z->p != 0))
+      return rt_errf(err, errlen, "descriptor: noise block %d is malformed", k);
+    width += z->n;
+  }
+  if (width != d->noise_width || width > (1L << 30) / d->tile)
+    return rt_errf(err, errlen, "descriptor: noise width %d, the blocks have %ld",
+                   d->noise_width, width);
   return 0;
 }
 
@@ -340,7 +457,8 @@ int rt_desc_check(const rt_desc *d, char *err, size_t errlen) {
   }
   if (d->has_train && d->train.has_ld)
     return rt_errf(err, errlen, "descriptor: train: has_ld must be 0");
-  return 0;
+  if (d->has_train && check_sn_steps(d, err, errlen)) return -1;
+  return check_noise(d, err, errlen);
 }
 
 /* ------------------------------------------------------------------ */
@@ -364,6 +482,20 @@ static int next_line(lexer *L) {
     if (*s && *s != '#') { L->line = s; return 1; }
   }
   return 0;
+}
+
+/* Does the next non-blank, non-comment line start with the word kw? The
+** text is only looked at (next_line and token write into it). */
+static int next_is(const lexer *L, const char *kw) {
+  const char *s = L->p;
+  size_t n = strlen(kw);
+  for (;;) {
+    while (*s == ' ' || *s == '\t' || *s == '\r') s++;
+    if (*s == '\n') { s++; continue; }
+    if (*s != '#') break;
+    while (*s && *s != '\n') s++;
+  }
+  return !strncmp(s, kw, n) && (s[n] == ' ' || s[n] == '\t' || s[n] == '\r' || s[n] == '\n' || !s[n]);
 }
 
 static char *token(lexer *L) {
@@ -481,6 +613,42 @@ static int parse_prep(lexer *L, rt_prep *pr) {
   if (pr->op == RT_PREP_MADE_MASK)
     for (int k = 0; k < 4; k++)
       if (tok_int(L, 0, INT_MAX, &pr->iargs[k])) return -1;
+  if (pr->op == RT_PREP_SPECNORM && tok_int(L, 0, 1, &pr->iargs[0])) return -1;
+  if (pr->op == RT_PREP_GATHER && tok_int(L, 0, INT_MAX, &pr->iargs[0])) return -1;
+  return end_of_line(L);
+}
+
+/* After the keyword 'noise': "NB", then NB block lines. */
+static int parse_noise(lexer *L, rt_desc *d, int maxlines) {
+  int nb;
+  if (tok_int(L, 1, maxlines, &nb) || end_of_line(L)) return -1;
+  if (!(d->noise = calloc((size_t)nb, sizeof *d->noise))) return lerr(L, "out of memory");
+  d->nnoise = nb;
+  for (int k = 0; k < nb; k++) {
+    rt_noise *z = &d->noise[k];
+    if (line_kw(L, "block")) return -1;
+    int kind = lookup(token(L), noise_names, NNOISE_KIND);
+    if (kind < 0) return lerr(L, "unknown noise kind");
+    z->kind = (rt_noise_kind)kind;
+    if (tok_int(L, 1, INT_MAX, &z->n) || tok_int(L, 0, INT_MAX, &z->terms)) return -1;
+    char *t = token(L), *end;
+    if (!t) return lerr(L, "missing probability");
+    z->p = strtod(t, &end);
+    if (*end || end == t) return lerr(L, "bad probability");
+    if (end_of_line(L)) return -1;
+    if (d->noise_width > INT_MAX - z->n) return lerr(L, "noise too wide");
+    d->noise_width += z->n;
+  }
+  return 0;
+}
+
+/* "index N V..." (optional: only gather ops read it). */
+static int parse_index(lexer *L, rt_desc *d) {
+  if (line_kw(L, "index") || tok_int(L, 0, INT_MAX, &d->nidx)) return -1;
+  if (d->nidx > 0 && !(d->idx = malloc((size_t)d->nidx * sizeof *d->idx)))
+    return lerr(L, "out of memory");
+  for (int k = 0; k < d->nidx; k++)
+    if (tok_int(L, 0, INT_MAX, &d->idx[k])) return -1;
   return end_of_line(L);
 }
 
@@ -544,12 +712,19 @@ static int parse_all(lexer *L, rt_desc *d, int maxlines) {
     d->nparams = i + 1;
     if (parse_param(L, &d->params[i])) return -1;
   }
+  if (next_is(L, "index") && parse_index(L, d)) return -1;
   for (int e = 0; e < RT_NENTRY; e++)
     if (parse_entry(L, d, e, maxlines)) return -1;
   if (!next_line(L)) return lerr(L, "text ends where 'end' was expected");
   char *kw = token(L);
   if (kw && !strcmp(kw, "train")) {
-    if (parse_train(L, d, maxlines) || line_kw(L, "end")) return -1;
+    if (parse_train(L, d, maxlines)) return -1;
+    if (!next_line(L)) return lerr(L, "text ends where 'noise' or 'end' was expected");
+    kw = token(L);
+    if (kw && !strcmp(kw, "noise") && (parse_noise(L, d, maxlines) || line_kw(L, "end")))
+      return -1;
+    if (!kw || (strcmp(kw, "noise") && strcmp(kw, "end")))
+      return lerr(L, "expected 'noise' or 'end'");
   } else if (!kw || strcmp(kw, "end")) {
     return lerr(L, "expected 'train' or 'end'");
   }

@@ -5,7 +5,9 @@
 **   linear weight/bias of param i:  key = seed,       hi = 1 << 32 | i,     lo = element
 **   permute(random) of layer K:     key = param seed, hi = 2 << 32 | K,     lo = draw
 **   linear_lu of layer K:           key = seed,       hi = 3 << 32 | K,     lo = element
-** so a permutation depends on the .flow file only, not on --seed.
+**   sn_u param i of layer K:        key = i,          hi = 4 << 32 | K,     lo = pair
+** so a permutation depends on the .flow file only, not on --seed, and so
+** does sn_u, which weights files may omit (then it is made here again).
 */
 #include "rt_internal.h"
 
@@ -144,6 +146,26 @@ static int init_lu(const rt_desc *d, const int idx[5], uint64_t seed, int layer,
   return 0;
 }
 
+/* Box-Muller normals, pair k from one Philox call, then scaled to unit
+** length (a uniformly random direction: torch draws u ~ N(0, I) and
+** normalises it). */
+void rt_sn_u_init(const rt_desc *d, int i, float *out) {
+  const rt_param_desc *p = &d->params[i];
+  const double two_pi = 6.283185307179586476925286766559;
+  size_t n = rt_param_numel(p);
+  double s = 0;
+  for (size_t k = 0; k < n; k += 2) {
+    uint64_t u[2];
+    rt_philox64((uint64_t)i, 4ull << 32 | (uint32_t)p->layer, k / 2, u);
+    double rad = sqrt(-2.0 * log(rt_u01_from64(u[0]))), th = two_pi * rt_u01_from64(u[1]);
+    out[k] = (float)(rad * cos(th));
+    if (k + 1 < n) out[k + 1] = (float)(rad * sin(th));
+  }
+  for (size_t k = 0; k < n; k++) s += (double)out[k] * out[k];
+  s = sqrt(s);
+  for (size_t k = 0; k < n && s > 0; k++) out[k] = (float)(out[k] / s);
+}
+
 static int is_lu(rt_init in) { return in >= RT_INIT_LU_LOWER && in <= RT_INIT_LU_PERM; }
 
 int rt_weights_init(const rt_desc *d, uint64_t seed, rt_weights *w,
@@ -170,6 +192,9 @@ int rt_weights_init(const rt_desc *d, uint64_t seed, rt_weights *w,
       break;
     case RT_INIT_PERM_LIST:
       for (size_t k = 0; k < n; k++) ((int64_t *)w->data[i])[k] = p->values[k];
+      break;
+    case RT_INIT_SN_U:
+      rt_sn_u_init(d, i, w->data[i]);
       break;
     default:                              /* zero; LU below */
       break;

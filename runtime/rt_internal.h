@@ -138,6 +138,7 @@ typedef struct rt_train_buf {
   double *gsum;               /* the summed slots, in double */
   double **gp, **gq;          /* into gsum: P params (NULL: I64), Q preps */
   double *work;               /* rt_prep_backward's */
+  uint64_t noise_seed, noise_ctr; /* rt_model_set_noise */
 } rt_train_buf;
 
 struct rt_model {
@@ -154,7 +155,15 @@ struct rt_model {
   rt_tls *tls;
   rt_kernel train;
   rt_train_buf tb;
+  int failed_layer1;          /* 1 + rt_model_failed_layer (0: none) */
 };
+
+/* Kernel failures (rt_model.c). *fail holds the lowest failing tile's
+** tile << 32 | status (0: none), so thread counts agree; rt_fail_note adds
+** one from any thread; rt_fail_take (after the join) records the layer and
+** returns RT_ENOCONV, or RT_OK when *fail is 0. */
+void rt_fail_note(_Atomic uint64_t *fail, size_t tile, int32_t status);
+int rt_fail_take(rt_model *m, uint64_t fail);
 
 /* The entry e's program; e == RT_NENTRY: the train program. */
 const rt_entry_desc *rt_model_entry(const rt_model *m, int e);

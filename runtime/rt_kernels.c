@@ -289,3 +289,68 @@ void rt_k_gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *A, const flo
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f,
               A, (int)m, B, (int)n, 1.0f, C, (int)n);
 }
+
+/* ---- residual layers: log|det(I + X)| and its gradient ---- */
+
+/* A = I + X in double, LU-factorised in place with partial pivoting (the
+** pivot of column k is the first largest |a[i][k]|, i >= k, as ir/interp.c);
+** piv[k] is the row swapped with k. Returns log|det A|, or -inf at the first
+** zero pivot (A singular; the factorisation is then incomplete). */
+static double lu_ipx(const float *x, int64_t D, double *a, int64_t *piv) {
+  for (int64_t k = 0; k < D * D; k++) a[k] = (double)x[k] + (k % (D + 1) == 0);
+  double ld = 0;
+  for (int64_t k = 0; k < D; k++) {
+    int64_t p = k;
+    for (int64_t i = k + 1; i < D; i++)
+      if (fabs(a[i * D + k]) > fabs(a[p * D + k])) p = i;
+    piv[k] = p;
+    for (int64_t j = 0; j < D && p != k; j++) {
+      double t = a[k * D + j];
+      a[k * D + j] = a[p * D + j];
+      a[p * D + j] = t;
+    }
+    double u = a[k * D + k];
+    if (u == 0) return -INFINITY;
+    ld += log(fabs(u));
+    for (int64_t i = k + 1; i < D; i++) {
+      double f = a[i * D + k] /= u;
+      for (int64_t j = k + 1; j < D; j++) a[i * D + j] -= f * a[k * D + j];
+    }
+  }
+  return ld;
+}
+
+float rt_k_logdet(const float *x, int64_t D) {
+  double a[RT_K_LOGDET_MAX * RT_K_LOGDET_MAX];
+  int64_t piv[RT_K_LOGDET_MAX];
+  if (D <= 0) return 0;                     /* the empty determinant is 1 */
+  if (D > RT_K_LOGDET_MAX) return NAN;      /* codegen refuses this */
+  return (float)lu_ipx(x, D, a, piv);
+}
+
+/* Row c of out = g times column c of A^-1, the solution of A v = e_c
+** (P A = L U: apply the swaps to e_c, then the two triangular solves). */
+void rt_k_logdet_grad(const float *x, int64_t D, float g, float *out) {
+  double a[RT_K_LOGDET_MAX * RT_K_LOGDET_MAX], v[RT_K_LOGDET_MAX];
+  int64_t piv[RT_K_LOGDET_MAX];
+  if (D <= 0) return;
+  if (D > RT_K_LOGDET_MAX || lu_ipx(x, D, a, piv) == -INFINITY) {
+    for (int64_t k = 0; k < D * D; k++) out[k] = NAN;
+    return;
+  }
+  for (int64_t c = 0; c < D; c++) {
+    for (int64_t i = 0; i < D; i++) v[i] = i == c;
+    for (int64_t k = 0; k < D; k++) {
+      double t = v[k];
+      v[k] = v[piv[k]];
+      v[piv[k]] = t;
+    }
+    for (int64_t i = 0; i < D; i++)
+      for (int64_t j = 0; j < i; j++) v[i] -= a[i * D + j] * v[j];
+    for (int64_t i = D - 1; i >= 0; i--) {
+      for (int64_t j = i + 1; j < D; j++) v[i] -= a[i * D + j] * v[j];
+      v[i] /= a[i * D + i];
+    }
+    for (int64_t j = 0; j < D; j++) out[c * D + j] = (float)((double)g * v[j]);
+  }
+}

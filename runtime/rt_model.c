@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,7 +32,8 @@ static int alloc_prep(rt_model *m, int e, char *err, size_t errlen) {
   if (!m->prep[e] || !m->vals[e]) return rt_errf(err, errlen, "model: out of memory");
   for (int q = 0; q < en->nprep; q++) {
     size_t len = (size_t)en->prep[q].rows * (size_t)en->prep[q].n;
-    m->vals[e][q] = malloc((len ? len : 1) * sizeof(double));
+    size_t vlen = rt_prep_val_len(&en->prep[q]);    /* specnorm keeps u, v, sigma */
+    m->vals[e][q] = malloc((vlen ? vlen : 1) * sizeof(double));
     m->prep[e][q] = rt_alloc_aligned(len * sizeof(float));
     if (!m->vals[e][q] || !m->prep[e][q]) return rt_errf(err, errlen, "model: out of memory");
   }
@@ -49,6 +51,34 @@ static void run_prep(rt_model *m, int e) {
 }
 
 static int nprog(const rt_model *m) { return m->d->has_train ? RT_NENTRY + 1 : RT_NENTRY; }
+
+/* Program k in running order: the train program first, so that its
+** specnorm steps have advanced sn_u before the entries' specnorms start
+** their power iterations from it (then they converge in a few steps). */
+static int prog_at(const rt_model *m, int k) {
+  if (!m->d->has_train) return k;
+  return k == 0 ? RT_NENTRY : k - 1;
+}
+
+/* The train program's specnorm that advances parameter i (mode 1), or -1.
+** Such an sn_u is the model's state while it trains (rt_model_set_params). */
+static int sn_step_of(const rt_model *m, int i) {
+  const rt_entry_desc *en = &m->d->train;
+  if (!m->d->has_train || m->d->params[i].init != RT_INIT_SN_U) return -1;
+  for (int q = 0; q < en->nprep; q++)
+    if (en->prep[q].op == RT_PREP_SPECNORM && en->prep[q].iargs[0] == 1 &&
+        en->prep[q].args[1] == i)
+      return q;
+  return -1;
+}
+
+/* The u that train prep q's step started from: its tail (rt.h) after the
+** result, sigma, the divisor, u' [rows] and v [n]. */
+static const double *sn_start(const rt_model *m, int q) {
+  const rt_prep *p = &m->d->train.prep[q];
+  size_t out = (size_t)p->rows, in = (size_t)p->n;
+  return m->vals[RT_NENTRY][q] + out * in + 2 + out + in;
+}
 
 /* ------------------------------------------------------------------ */
 /* open and close                                                      */
@@ -159,7 +189,7 @@ rt_model *rt_model_open(const rt_desc *d, const rt_kernel kernels[RT_NENTRY],
   memcpy(m->k, kernels, sizeof m->k);
   int rc = copy_weights(m, w, err, errlen);
   for (int e = 0; e < nprog(m) && !rc; e++) rc = alloc_prep(m, e, err, errlen);
-  for (int e = 0; e < nprog(m) && !rc; e++) run_prep(m, e);
+  for (int k = 0; k < nprog(m) && !rc; k++) run_prep(m, prog_at(m, k));
   if (!rc) {
     openblas_set_num_threads(1);          /* we split the work over tiles */
     m->pool = rt_pool_new(nthreads);
@@ -199,6 +229,19 @@ static int check_perms(rt_model *m, const rt_weights *w, char *err, size_t errle
   return 0;
 }
 
+/* Why: the caller's weights are what gets saved. Giving them the u each
+** step started from (not the stepped one) pairs it with the current W the
+** way torch's state_dict does, so reopening from them repeats this step. */
+static void hand_back_sn(rt_model *m, const rt_weights *w, int training) {
+  for (int i = 0; training && i < m->d->nparams; i++) {
+    int q = sn_step_of(m, i);
+    if (q < 0 || w->data[i] == m->params[i]) continue;
+    float *u = w->data[i];
+    const double *u0 = sn_start(m, q);
+    for (size_t k = 0; k < rt_param_numel(&m->d->params[i]); k++) u[k] = (float)u0[k];
+  }
+}
+
 int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errlen) {
   if (!m || !w || w->n != m->d->nparams || (w->n && !w->data)) {
     rt_errf(err, errlen, "model: the weights do not fit the model");
@@ -211,15 +254,20 @@ int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errl
       return RT_EINVAL;
     }
   if (check_perms(m, w, err, errlen)) return RT_EINVAL;
+  int training = m->train != NULL;        /* the train program runs below */
   for (int i = 0; i < d->nparams; i++) {
     const rt_param_desc *p = &d->params[i];
     size_t bytes = rt_param_numel(p) * (p->dtype == RT_I64 ? 8 : 4);
+    if (training && sn_step_of(m, i) >= 0) continue;   /* the model's own u */
     if (bytes && w->data[i] != m->params[i]) memcpy(m->params[i], w->data[i], bytes);
   }
   m->w.step = w->step;
   /* every training step ends here: skip the programs of kernels not compiled */
-  for (int e = 0; e < nprog(m); e++)
-    if (e < RT_NENTRY ? m->k[e] != NULL : m->train != NULL) run_prep(m, e);
+  for (int k = 0; k < nprog(m); k++) {
+    int e = prog_at(m, k);
+    if (e < RT_NENTRY ? m->k[e] != NULL : training) run_prep(m, e);
+  }
+  hand_back_sn(m, w, training);
   return RT_OK;
 }
 
@@ -235,6 +283,7 @@ typedef struct job {
   float *out0, *out1;
   int sample;                 /* in = normals of seed; out1 = log_prob */
   uint64_t seed;
+  _Atomic uint64_t *fail;     /* run's: the lowest tile's kernel failure */
 } job;
 
 static void run_tile(void *arg, int tid, long item) {
@@ -266,7 +315,11 @@ static void run_tile(void *arg, int tid, long item) {
   size_t P = (size_t)d->nparams;
   for (int q = 0; q < en->nprep; q++) a[4 + P + (size_t)q] = m->prep[j->entry][q];
   a[4 + P + (size_t)en->nprep] = b->scratch;
-  m->k[j->entry]((void *const *)a, (int64_t)nr);
+  int32_t st = m->k[j->entry]((void *const *)a, (int64_t)nr);
+  if (st) {
+    rt_fail_note(j->fail, (size_t)item, st);
+    return;
+  }
   if (j->sample && j->out1) {
     const double half_log_2pi = 0.91893853320467274178032973640562;
     for (size_t r = 0; r < nr; r++) {
@@ -292,16 +345,31 @@ static int run(job *j) {
   }
   if (j->n > SIZE_MAX / 64 / (size_t)d->dim) return RT_EINVAL;
   size_t T = (size_t)d->tile;
+  _Atomic uint64_t fail = 0;
+  j->fail = &fail;
   rt_pool_run(m->pool, (long)((j->n + T - 1) / T), run_tile, j);
-  return RT_OK;
+  return rt_fail_take(m, atomic_load(&fail));
 }
+
+void rt_fail_note(_Atomic uint64_t *fail, size_t tile, int32_t status) {
+  uint64_t key = (uint64_t)tile << 32 | (uint32_t)status, cur = atomic_load(fail);
+  while ((cur == 0 || key < cur) && !atomic_compare_exchange_weak(fail, &cur, key)) {}
+}
+
+int rt_fail_take(rt_model *m, uint64_t fail) {
+  if (!fail) return RT_OK;
+  m->failed_layer1 = (int)(uint32_t)fail;   /* status = 1 + layer */
+  return RT_ENOCONV;
+}
+
+int rt_model_failed_layer(const rt_model *m) { return m ? m->failed_layer1 - 1 : -1; }
 
 int rt_model_encode(rt_model *m, size_t n, const float *x, const float *ctx,
                     size_t ctx_rows, float *z, float *logdet) {
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !z) return RT_EINVAL;
-  job j = { m, logdet ? RT_ENCODE_LD : RT_ENCODE, n, x, ctx, ctx_rows, z, logdet, 0, 0 };
+  job j = { m, logdet ? RT_ENCODE_LD : RT_ENCODE, n, x, ctx, ctx_rows, z, logdet, 0, 0, NULL };
   return run(&j);
 }
 
@@ -310,7 +378,7 @@ int rt_model_decode(rt_model *m, size_t n, const float *z, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !z) return RT_EINVAL;
-  job j = { m, logdet ? RT_DECODE_LD : RT_DECODE, n, z, ctx, ctx_rows, x, logdet, 0, 0 };
+  job j = { m, logdet ? RT_DECODE_LD : RT_DECODE, n, z, ctx, ctx_rows, x, logdet, 0, 0, NULL };
   return run(&j);
 }
 
@@ -319,7 +387,7 @@ int rt_model_log_prob(rt_model *m, size_t n, const float *x, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !log_prob) return RT_EINVAL;
-  job j = { m, RT_LOGPROB, n, x, ctx, ctx_rows, log_prob, NULL, 0, 0 };
+  job j = { m, RT_LOGPROB, n, x, ctx, ctx_rows, log_prob, NULL, 0, 0, NULL };
   return run(&j);
 }
 
@@ -328,6 +396,6 @@ int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x) return RT_EINVAL;
-  job j = { m, log_prob ? RT_DECODE_LD : RT_DECODE, n, NULL, ctx, ctx_rows, x, log_prob, 1, seed };
+  job j = { m, log_prob ? RT_DECODE_LD : RT_DECODE, n, NULL, ctx, ctx_rows, x, log_prob, 1, seed, NULL };
   return run(&j);
 }

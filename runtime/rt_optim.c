@@ -4,7 +4,9 @@
 **
 ** The moments are float32 like torch's; each update is computed in double
 ** from them and rounded once. Trained: every F32 parameter but linear_lu's
-** sign (fixed at initialisation, flow-language.md 4); perms are I64.
+** sign (fixed at initialisation, flow-language.md 4) and the residual
+** layers' spectral-norm vectors sn_u (advanced by the train prep, not by
+** gradients: flow-language.md 6); perms are I64.
 */
 #include "rt_internal.h"
 
@@ -33,7 +35,7 @@ void rt_optim_free(rt_optim *o) {
 }
 
 static int trained(const rt_param_desc *p) {
-  return p->dtype == RT_F32 && p->init != RT_INIT_LU_SIGN;
+  return p->dtype == RT_F32 && p->init != RT_INIT_LU_SIGN && p->init != RT_INIT_SN_U;
 }
 
 static int cfg_ok(const rt_optim_cfg *c) {

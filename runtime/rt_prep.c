@@ -11,6 +11,10 @@
 **   d log_diag[i] = G_U[i, i] * sign[i] * exp(log_diag[i]),
 ** and its inverse V = W^-1 first through G_W = -V^T G_V V^T. sign and perm
 ** get no gradient.
+**
+** Spectral normalisation (rt.h, RT_PREP_SPECNORM) keeps u, v and sigma of
+** its forward run in a tail after its result, so the reverse needs no
+** recomputation and the power iteration allocates nothing.
 */
 #include "rt_internal.h"
 #include "rt_made.h"
@@ -19,7 +23,7 @@
 #include <string.h>
 
 /* An operand: a float or int64 param, or an earlier result (double). */
-typedef struct opnd { const float *f; const int64_t *i; const double *d; size_t len; } opnd;
+typedef struct opnd { const float *f; const int64_t *i; const double *d; size_t len, cols; } opnd;
 
 static double at(const opnd *o, size_t k) {
   if (o->len == 1) k = 0;                 /* [1,1] broadcast */
@@ -28,14 +32,18 @@ static double at(const opnd *o, size_t k) {
 
 static opnd get_opnd(const rt_desc *d, const rt_entry_desc *en, void *const *params,
                      const double *const *vals, int a) {
-  opnd o = { 0, 0, 0, 0 };
+  opnd o = { 0, 0, 0, 0, 0 };
   if (a < d->nparams) {
+    int r, n;
+    rt_param_rows_n(&d->params[a], &r, &n);
+    o.cols = (size_t)n;
     o.len = rt_param_numel(&d->params[a]);
     if (d->params[a].dtype == RT_I64) o.i = params[a];
     else o.f = params[a];
   } else {
     const rt_prep *p = &en->prep[a - d->nparams];
     o.d = vals[a - d->nparams];
+    o.cols = (size_t)p->n;
     o.len = (size_t)p->rows * (size_t)p->n;
   }
   return o;
@@ -44,6 +52,13 @@ static opnd get_opnd(const rt_desc *d, const rt_entry_desc *en, void *const *par
 static void get_opnds(const rt_desc *d, const rt_entry_desc *en, void *const *params,
                       const double *const *vals, const rt_prep *p, opnd o[5]) {
   for (int a = 0; a < p->nargs && a < 5; a++) o[a] = get_opnd(d, en, params, vals, p->args[a]);
+}
+
+/* The element of operand o that element k of gather p reads. */
+static size_t gather_at(const rt_desc *d, const rt_prep *p, const opnd *o, size_t k) {
+  const int *I = d->idx + p->iargs[0];
+  size_t a = k / (size_t)p->n, b = k % (size_t)p->n;
+  return (size_t)I[a] * o->cols + (size_t)I[p->rows + b];
 }
 
 /* Entries of L and U from the operands lower, upper, log_diag, sign. */
@@ -90,7 +105,139 @@ static int made_mask(const rt_prep *p, int o, int i) {
   return rt_made_connected(p->iargs[0], p->iargs[1], p->iargs[2], p->iargs[3], o, i);
 }
 
-static void prep_one(const rt_prep *p, const opnd *o, double *out) {
+/* ------------------------------------------------------------------ */
+/* spectral normalisation                                              */
+
+/* W [out, in] as floats (a parameter) or doubles (a prep result). */
+typedef struct snmat { const float *f; const double *d; size_t out, in; } snmat;
+
+/* Entry k of the fixed start vector: a Weyl sequence in [0.5, 1.5), not
+** orthogonal to anything structured; computed, so it needs no buffer. */
+static double sn_fixed(size_t k) {
+  double x = (double)(k + 1) * 0.61803398874989484820;
+  return 0.5 + (x - floor(x));
+}
+
+/* y[in] = W^T x[out]; x NULL: the fixed vector. */
+static void sn_mtv(const snmat *A, const double *x, double *y) {
+  for (size_t i = 0; i < A->in; i++) y[i] = 0;
+  for (size_t o = 0; o < A->out; o++) {
+    double xo = x ? x[o] : sn_fixed(o);
+    if (xo == 0) continue;
+    if (A->d) for (size_t i = 0; i < A->in; i++) y[i] += A->d[o * A->in + i] * xo;
+    else for (size_t i = 0; i < A->in; i++) y[i] += (double)A->f[o * A->in + i] * xo;
+  }
+}
+
+/* y[out] = W x[in] */
+static void sn_mv(const snmat *A, const double *x, double *y) {
+  for (size_t o = 0; o < A->out; o++) {
+    double s = 0;
+    if (A->d) for (size_t i = 0; i < A->in; i++) s += A->d[o * A->in + i] * x[i];
+    else for (size_t i = 0; i < A->in; i++) s += (double)A->f[o * A->in + i] * x[i];
+    y[o] = s;
+  }
+}
+
+/* x /= |x| unless x == 0; returns |x|. */
+static double sn_normalize(double *x, size_t n) {
+  double s = 0;
+  for (size_t k = 0; k < n; k++) s += x[k] * x[k];
+  s = sqrt(s);
+  if (s > 0)
+    for (size_t k = 0; k < n; k++) x[k] /= s;
+  return s;
+}
+
+/* One torch step: v = W^T u / |.|, u = W v / |.|, sigma = u . W v = |W v|.
+** When W^T u = 0 it starts from the fixed vector; when that gives 0 too
+** (W = 0), sigma = 0, v = 0 and u is left as it was. */
+static double sn_step(const snmat *A, double *u, double *v) {
+  sn_mtv(A, u, v);
+  if (sn_normalize(v, A->in) == 0) {
+    sn_mtv(A, NULL, v);
+    if (sn_normalize(v, A->in) == 0) return 0;
+  }
+  double *w = u;                          /* W v, then normalised in place */
+  sn_mv(A, v, w);
+  return sn_normalize(w, A->out);
+}
+
+/* Steps until sigma changes by < 1e-12 relative (at most RT_SN_MAX_ITERS):
+** sigma converges even where u and v do so slowly (two close top singular
+** values), and the cap bounds the time. The start gets 1e-6 of the fixed
+** vector added, so that a u exactly orthogonal to the top singular vector
+** (diag(2, 1) from e_2) cannot make it converge to a smaller one; from a
+** nearly converged u that costs a few steps. */
+static int sn_zero(const snmat *A) {
+  for (size_t k = 0; k < A->out * A->in; k++)
+    if (A->d ? A->d[k] != 0 : A->f[k] != 0) return 0;
+  return 1;
+}
+
+static double sn_converge(const snmat *A, double *u, double *v) {
+  if (sn_zero(A)) {                       /* sigma 0, u kept */
+    for (size_t i = 0; i < A->in; i++) v[i] = 0;
+    return 0;
+  }
+  double nu = 0, nf = 0;
+  for (size_t k = 0; k < A->out; k++) {
+    nu += u[k] * u[k];
+    nf += sn_fixed(k) * sn_fixed(k);
+  }
+  for (size_t k = 0; k < A->out && nu > 0; k++) u[k] += 1e-6 * sqrt(nu / nf) * sn_fixed(k);
+  double sigma = sn_step(A, u, v);
+  for (int it = 1; it < RT_SN_MAX_ITERS && sigma > 0; it++) {
+    double prev = sigma;
+    sigma = sn_step(A, u, v);
+    if (fabs(sigma - prev) <= 1e-12 * sigma) break;
+  }
+  return sigma;
+}
+
+double rt_specnorm_sigma(const double *W, int out, int in, double *u, double *v) {
+  snmat A = { NULL, W, (size_t)(out > 0 ? out : 0), (size_t)(in > 0 ? in : 0) };
+  return sn_converge(&A, u, v);
+}
+
+double rt_specnorm_step(const double *W, int out, int in, double *u, double *v) {
+  snmat A = { NULL, W, (size_t)(out > 0 ? out : 0), (size_t)(in > 0 ? in : 0) };
+  return sn_step(&A, u, v);
+}
+
+size_t rt_prep_val_len(const rt_prep *p) {
+  size_t len = (size_t)p->rows * (size_t)p->n;
+  if (p->op == RT_PREP_SPECNORM) len += 2 + 2 * (size_t)p->rows + (size_t)p->n;
+  return len;
+}
+
+/* The tail of a specnorm value (rt.h): sigma, divisor, u, v, u0. */
+typedef struct sntail { double *sigma, *div, *u, *v, *u0; } sntail;
+
+static sntail sn_tail(const rt_prep *p, double *val) {
+  size_t out = (size_t)p->rows, in = (size_t)p->n;
+  double *t = val + out * in;
+  sntail s = { t, t + 1, t + 2, t + 2 + out, t + 2 + out + in };
+  return s;
+}
+
+/* W / max(1, sigma / c); mode 1 writes the stepped u into its parameter. */
+static void prep_specnorm(const rt_prep *p, const opnd *o, float *uparam, double *val) {
+  size_t out = (size_t)p->rows, in = (size_t)p->n, len = out * in;
+  snmat A = { o[0].f, o[0].d, out, in };
+  sntail t = sn_tail(p, val);
+  for (size_t k = 0; k < out; k++) t.u[k] = t.u0[k] = at(&o[1], k);
+  double sigma = p->iargs[0] == 1 ? sn_step(&A, t.u, t.v) : sn_converge(&A, t.u, t.v);
+  if (sigma == 0)
+    for (size_t k = 0; k < in; k++) t.v[k] = 0;
+  *t.sigma = sigma;
+  *t.div = sigma > p->f ? sigma / p->f : 1.0;
+  for (size_t k = 0; k < len; k++) val[k] = at(&o[0], k) / *t.div;
+  if (p->iargs[0] == 1 && uparam)
+    for (size_t k = 0; k < out; k++) uparam[k] = (float)t.u[k];
+}
+
+static void prep_one(const rt_desc *d, const rt_prep *p, const opnd *o, double *out) {
   size_t len = (size_t)p->rows * (size_t)p->n;
   switch (p->op) {
   case RT_PREP_EXP: for (size_t k = 0; k < len; k++) out[k] = exp(at(&o[0], k)); break;
@@ -112,15 +259,21 @@ static void prep_one(const rt_prep *p, const opnd *o, double *out) {
       for (int i = 0; i < p->n; i++)
         out[(size_t)r * p->n + i] = made_mask(p, r, i) ? at(&o[0], (size_t)r * p->n + i) : 0;
     break;
+  case RT_PREP_SPECNORM: break;           /* prep_specnorm */
+  case RT_PREP_GATHER:
+    for (size_t k = 0; k < len; k++) out[k] = at(&o[0], gather_at(d, p, &o[0], k));
+    break;
   }
 }
 
 void rt_prep_forward(const rt_desc *d, const rt_entry_desc *en, void *const *params,
                      double *const *vals) {
   for (int q = 0; q < en->nprep; q++) {
+    const rt_prep *p = &en->prep[q];
     opnd o[5];
-    get_opnds(d, en, params, (const double *const *)vals, &en->prep[q], o);
-    prep_one(&en->prep[q], o, vals[q]);
+    get_opnds(d, en, params, (const double *const *)vals, p, o);
+    if (p->op == RT_PREP_SPECNORM) prep_specnorm(p, o, params[p->args[1]], vals[q]);
+    else prep_one(d, p, o, vals[q]);
   }
 }
 
@@ -150,6 +303,25 @@ static double *adj_of(const rt_desc *d, int a, double *const *gvals, double *con
 /* g[k] += v, k broadcast onto a [1,1] operand. */
 static void acc(double *g, const opnd *o, size_t k, double v) {
   if (g) g[o->len == 1 ? 0 : k] += v;
+}
+
+/* dW += G, or (c / sigma) (G - (sum(G .* W) / sigma) u v^T) when sigma > c. */
+static void specnorm_back(const rt_prep *p, const opnd *o, const double *val, const double *g,
+                          double *gw) {
+  if (!gw) return;
+  size_t out = (size_t)p->rows, in = (size_t)p->n, len = out * in;
+  sntail t = sn_tail(p, (double *)val);
+  if (*t.div == 1.0) {
+    for (size_t k = 0; k < len; k++) acc(gw, &o[0], k, g[k]);
+    return;
+  }
+  double sigma = *t.sigma, gdotw = 0;
+  for (size_t k = 0; k < len; k++) gdotw += g[k] * at(&o[0], k);
+  for (size_t r = 0; r < out; r++)
+    for (size_t i = 0; i < in; i++) {
+      size_t k = r * in + i;
+      acc(gw, &o[0], k, (g[k] - gdotw / sigma * t.u[r] * t.v[i]) / *t.div);
+    }
 }
 
 /* G_A (the adjoint of A = L U) into lower, upper and log_diag. */
@@ -231,6 +403,12 @@ void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *pa
     case RT_PREP_MADE_MASK:
       for (size_t k = 0; k < len; k++)
         if (made_mask(p, (int)(k / (size_t)p->n), (int)(k % (size_t)p->n))) acc(ga[0], &o[0], k, g[k]);
+      break;
+    case RT_PREP_GATHER:
+      for (size_t k = 0; k < len; k++) acc(ga[0], &o[0], gather_at(d, p, &o[0], k), g[k]);
+      break;
+    case RT_PREP_SPECNORM:                /* u is held constant: no adjoint */
+      specnorm_back(p, o, y, g, ga[0]);
       break;
     }
   }

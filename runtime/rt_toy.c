@@ -7,6 +7,14 @@
 **   checkerboard x1 ~ U(-2, 2), x2 in alternate unit squares, * 2
 **   pinwheel     5 arms, radial std 0.3, tangential 0.1, rate 0.25, * 2
 **   2spirals     two arms of sqrt(u) * 540 degrees, / 3, noise 0.1
+** and one 8-D tabular set for autoregressive models (MAF, NSF):
+**   tabular8     x0 ~ N(0,1); x1 = sin(2 x0) + 0.2 e; x2 = +-1.5 + 0.35 e,
+**                + with probability sigmoid(5 x1); x3 = x0 x1 + 0.2 e;
+**                x4 = 0.3 x2 + 0.4 exp(0.35 x0) e (heteroscedastic, heavy
+**                tailed); x5 = exp(0.5 e) - 1.13 + 0.5 tanh(x3) (skewed);
+**                (x6, x7) on a ring at an angle U(0, 2 pi), radius 1.8 if
+**                x2 > 0 else 1.0, radial noise 0.1 (bimodal x7 given x6).
+**                Each x_i depends on earlier ones only; e fresh N(0,1).
 ** Why per-row streams: value (row, what) depends only on (seed, row) so the
 ** set is reproducible for a seed; moons and circles place their points on
 ** sklearn's linspace and shuffle the rows, as make_moons does. pinwheel and
@@ -19,7 +27,7 @@
 
 static const double PI = 3.14159265358979323846;
 
-enum { S_NORMAL = 1, S_UNIF, S_PICK, S_SHUFFLE };
+enum { S_NORMAL = 1, S_UNIF, S_PICK, S_SHUFFLE, S_TAB = 16 };
 
 /* Two uniforms in (0,1) for (row, what). */
 static void uni2(uint64_t seed, int what, long row, double u[2]) {
@@ -30,13 +38,15 @@ static void uni2(uint64_t seed, int what, long row, double u[2]) {
 }
 
 /* Two standard normals for a row (Box-Muller). */
-static void normal2(uint64_t seed, long row, double z[2]) {
+static void normal2w(uint64_t seed, int what, long row, double z[2]) {
   double u[2];
-  uni2(seed, S_NORMAL, row, u);
+  uni2(seed, what, row, u);
   double r = sqrt(-2.0 * log(u[0])), t = 2 * PI * u[1];
   z[0] = r * cos(t);
   z[1] = r * sin(t);
 }
+
+static void normal2(uint64_t seed, long row, double z[2]) { normal2w(seed, S_NORMAL, row, z); }
 
 static void shuffle_rows(float *out, long n, uint64_t seed) {
   for (long i = n - 1; i > 0; i--) {
@@ -156,10 +166,40 @@ static void spirals2(long n, uint64_t seed, float *out) {
   }
 }
 
-static const struct { const char *name; void (*fn)(long, uint64_t, float *); } toys[] = {
-  { "moons", moons }, { "circles", circles }, { "8gaussians", gaussians8 },
-  { "checkerboard", checkerboard }, { "pinwheel", pinwheel }, { "2spirals", spirals2 },
+static void tabular8(long n, uint64_t seed, float *out) {
+  for (long i = 0; i < n; i++) {
+    double e[8], u[2];
+    for (int k = 0; k < 4; k++) normal2w(seed, S_TAB + k, i, e + 2 * k);
+    uni2(seed, S_PICK, i, u);
+    double x[8];
+    x[0] = e[0];
+    x[1] = sin(2 * x[0]) + 0.2 * e[1];
+    x[2] = (u[0] < 1 / (1 + exp(-5 * x[1])) ? 1.5 : -1.5) + 0.35 * e[2];
+    x[3] = x[0] * x[1] + 0.2 * e[3];
+    x[4] = 0.3 * x[2] + 0.4 * exp(0.35 * x[0]) * e[4];
+    x[5] = exp(0.5 * e[5]) - 1.13 + 0.5 * tanh(x[3]);
+    double r = (x[2] > 0 ? 1.8 : 1.0) + 0.1 * e[6], t = 2 * PI * u[1];
+    x[6] = r * cos(t);
+    x[7] = r * sin(t);
+    for (int k = 0; k < 8; k++) out[8 * i + k] = (float)x[k];
+  }
+}
+
+static const struct {
+  const char *name;
+  int dim;
+  void (*fn)(long, uint64_t, float *);
+} toys[] = {
+  { "moons", 2, moons }, { "circles", 2, circles }, { "8gaussians", 2, gaussians8 },
+  { "checkerboard", 2, checkerboard }, { "pinwheel", 2, pinwheel }, { "2spirals", 2, spirals2 },
+  { "tabular8", 8, tabular8 },
 };
+
+int rt_toy_dim(const char *name) {
+  for (size_t i = 0; name && i < sizeof toys / sizeof toys[0]; i++)
+    if (!strcmp(name, toys[i].name)) return toys[i].dim;
+  return -1;
+}
 
 int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen) {
   size_t nt = sizeof toys / sizeof toys[0];
@@ -171,6 +211,6 @@ int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_
   }
   char pn[64];
   return rt_errf(err, errlen, "unknown toy data set '%s'; the valid ones are moons, circles, "
-                 "8gaussians, checkerboard, pinwheel, 2spirals",
+                 "8gaussians, checkerboard, pinwheel, 2spirals, tabular8",
                  name ? rt_printable(name, strlen(name), pn, sizeof pn) : "(none)");
 }

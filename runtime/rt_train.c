@@ -9,10 +9,15 @@
 ** float rounding grows with the tile, not with n, and thread counts agree
 ** to about 1e-7. Everything is allocated by rt_model_set_train;
 ** rt_model_grad allocates nothing.
+**
+** The noise input (rt.h, rt_model_set_noise) is filled per tile from
+** Philox with the row's index in the batch in the counter, so it too is
+** the same for any thread count and any split into tiles.
 */
 #include "rt_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +38,11 @@ static int is_slot(const rt_model *m, int s) {
   return s >= m->d->nparams || m->d->params[s].dtype != RT_I64;
 }
 
+/* The train kernel's noise argument: after the P + Q gradient slots. */
+static size_t noise_arg(const rt_model *m) {
+  return 5 + 2 * (size_t)m->d->nparams + 2 * (size_t)m->d->train.nprep;
+}
+
 void rt_train_free(rt_model *m) {
   rt_train_buf *tb = &m->tb;
   for (int c = 0; c < tb->nchunks; c++) {
@@ -51,6 +61,7 @@ void rt_train_free(rt_model *m) {
   free(tb->work);
   if (m->tls)
     for (int t = 0; t < m->nthreads; t++) {
+      if (m->tls[t].targs) free(m->tls[t].targs[noise_arg(m)]);
       free(m->tls[t].targs);
       m->tls[t].targs = NULL;
     }
@@ -106,19 +117,77 @@ static int make_sums(rt_model *m) {
   return 0;
 }
 
-/* args: params and prep results are fixed; the slots are set per chunk. */
+/* args: params, prep results and the thread's noise buffer (tile x
+** noise_width, owned by the args array) are fixed; the slots are set per
+** chunk. */
 static int make_args(rt_model *m) {
   const rt_desc *d = m->d;
   size_t P = (size_t)d->nparams, Q = (size_t)d->train.nprep;
+  size_t nw = (size_t)d->tile * (size_t)d->noise_width;
   for (int t = 0; t < m->nthreads; t++) {
-    void **a = calloc(5 + 2 * P + 2 * Q, sizeof(void *));
+    void **a = calloc(noise_arg(m) + 1, sizeof(void *));
     if (!a) return -1;
     m->tls[t].targs = a;
     for (size_t i = 0; i < P; i++) a[4 + i] = m->params[i];
     for (size_t q = 0; q < Q; q++) a[4 + P + q] = m->prep[RT_TRAIN_PREP][q];
     a[4 + P + Q] = m->tls[t].scratch;
+    if (nw && !(a[noise_arg(m)] = rt_alloc_aligned(nw * sizeof(float)))) return -1;
   }
   return 0;
+}
+
+void rt_model_set_noise(rt_model *m, uint64_t seed, uint64_t counter) {
+  if (!m) return;
+  m->tb.noise_seed = seed;
+  m->tb.noise_ctr = counter;
+}
+
+/* ------------------------------------------------------------------ */
+/* noise                                                               */
+
+#define NOISE_KEY 0x6e6f697365ull     /* "noise" */
+
+/* n columns of +-1: bit j % 128 of Philox word j / 128 (1: +1). */
+static void fill_rademacher(uint64_t key, uint64_t ctr, uint64_t lo, int n, float *out) {
+  for (int w = 0; w * 128 < n; w++) {
+    uint32_t bits[4];
+    rt_philox(key, ctr, lo | (uint64_t)w, bits);
+    int m = n - w * 128 < 128 ? n - w * 128 : 128;
+    for (int b = 0; b < m; b++) out[w * 128 + b] = (bits[b >> 5] >> (b & 31) & 1u) ? 1.0f : -1.0f;
+  }
+}
+
+/* kmax = z->n columns: q_k = (1-p)^-(k - terms) for k <= N (1 up to terms),
+** 0 above; N = min(terms + G, kmax), G = floor(log U / log(1-p)) so that
+** P(G >= j) = P(U <= (1-p)^j) = (1-p)^j. */
+static void fill_roulette(uint64_t key, uint64_t ctr, uint64_t lo, const rt_noise *z,
+                          float *out) {
+  int kmax = z->n, N = z->terms;
+  double lq = z->p > 0 ? -log1p(-z->p) : 0;      /* log 1/(1-p) */
+  if (z->p > 0) {
+    uint64_t u[2];
+    rt_philox64(key, ctr, lo, u);
+    double G = floor(-log(rt_u01_from64(u[0])) / lq);
+    N = G >= (double)(kmax - z->terms) ? kmax : z->terms + (int)G;
+  }
+  for (int k = 1; k <= kmax; k++)
+    out[k - 1] = k > N ? 0.0f : k <= z->terms ? 1.0f : (float)exp((double)(k - z->terms) * lq);
+}
+
+/* Rows [row0, row0 + nr) of the batch into buf, nr x noise_width. */
+static void fill_noise(const rt_model *m, float *buf, size_t row0, size_t nr) {
+  const rt_desc *d = m->d;
+  uint64_t key = m->tb.noise_seed ^ NOISE_KEY, ctr = m->tb.noise_ctr;
+  for (size_t r = 0; r < nr; r++) {
+    float *row = buf + r * (size_t)d->noise_width;
+    uint64_t lo = (uint64_t)(row0 + r) << 24;
+    for (int b = 0; b < d->nnoise; b++) {
+      const rt_noise *z = &d->noise[b];
+      if (z->kind == RT_NOISE_RADEMACHER) fill_rademacher(key, ctr, lo | (uint64_t)b << 16, z->n, row);
+      else fill_roulette(key, ctr, lo | (uint64_t)b << 16, z, row);
+      row += z->n;
+    }
+  }
 }
 
 int rt_model_set_train(rt_model *m, rt_kernel train) {
@@ -141,6 +210,7 @@ typedef struct gjob {
   size_t n, ntiles;
   const float *x, *ctx;
   size_t ctx_rows;
+  _Atomic uint64_t *fail;     /* the lowest tile's kernel failure */
 } gjob;
 
 static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile) {
@@ -164,7 +234,9 @@ static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile) {
   float *f = tb->block[chunk];
   double *g = tb->dblock[chunk];
   memset(f, 0, tb->block_floats * sizeof(float));
-  m->train((void *const *)a, (int64_t)nr);
+  if (d->noise_width > 0) fill_noise(m, a[noise_arg(m)], row0, nr);
+  int32_t st = m->train((void *const *)a, (int64_t)nr);
+  if (st) rt_fail_note(j->fail, tile, st);
   for (size_t k = 0; k < tb->block_floats; k++) g[k] += (double)f[k];
   double s = 0;
   for (size_t r = 0; r < nr; r++) s -= (double)b->lpbuf[r];
@@ -215,9 +287,12 @@ int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_
     return RT_EINVAL;
   }
   if (n > SIZE_MAX / 64 / (size_t)d->dim) return RT_EINVAL;
+  if (d->noise_width > 0 && (uint64_t)n >= (1ull << 40)) return RT_EINVAL;  /* noise counter */
   size_t T = (size_t)d->tile;
-  gjob j = { m, n, (n + T - 1) / T, x, ctx, ctx_rows };
+  _Atomic uint64_t fail = 0;
+  gjob j = { m, n, (n + T - 1) / T, x, ctx, ctx_rows, &fail };
   rt_pool_run(m->pool, m->tb.nchunks, grad_chunk, &j);
+  if (atomic_load(&fail)) return rt_fail_take(m, atomic_load(&fail));
   double total = sum_chunks(m);
   rt_prep_backward(d, &d->train, m->params, (const double *const *)m->vals[RT_TRAIN_PREP],
                    m->tb.gq, m->tb.gp, m->tb.work);

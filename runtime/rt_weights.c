@@ -1,6 +1,7 @@
 /*
 ** runtime/rt_weights.c: weights files matched against a model's parameter
-** table (flow-language.md sections 8 and 9).
+** table (flow-language.md sections 8 and 9). The spectral-norm vectors
+** sn_u are optional (section 6): a file without one gets rt_sn_u_init's.
 */
 #include "rt_internal.h"
 
@@ -114,6 +115,17 @@ int rt_weights_take(const rt_param_desc *p, const rt_st_entry *t, const char *wh
   return take(p, t, what, out, err, errlen);
 }
 
+/* An sn_u the file does not have: its initial value (rt_init.c). */
+static int fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
+                      size_t errlen) {
+  size_t n = rt_param_numel(&d->params[i]);
+  float *u = malloc((n ? n : 1) * sizeof(float));
+  if (!u) return rt_errf(err, errlen, "%s: out of memory", what);
+  rt_sn_u_init(d, i, u);
+  *out = u;
+  return 0;
+}
+
 static long parse_step(const char *s) {
   if (!s || !*s) return 0;
   char *end;
@@ -148,11 +160,12 @@ static int match(const rt_desc *d, const rt_st *st, const char *what, rt_weights
   for (int i = 0; i < np && !rc; i++) {
     for (int k = 0; k < st->n; k++)
       if (!strcmp(st->t[k].name, d->params[i].name)) { where[i] = k; break; }
-    if (where[i] < 0)
+    if (where[i] < 0 && d->params[i].init != RT_INIT_SN_U)
       rc = rt_errf(err, errlen, "%s: tensor '%s' is missing", what, d->params[i].name);
   }
   for (int i = 0; i < np && !rc; i++)
-    rc = take(&d->params[i], &st->t[where[i]], what, &w->data[i], err, errlen);
+    rc = where[i] >= 0 ? take(&d->params[i], &st->t[where[i]], what, &w->data[i], err, errlen)
+                       : fresh_sn_u(d, i, what, &w->data[i], err, errlen);
   free(names);
   free(where);
   return rc;

@@ -2,6 +2,9 @@
 #include "modelgen.h"
 
 #include <math.h>
+#include <stdlib.h>
+
+#include "rt.h"
 
 static uint64_t next(mg_rng *r) {
   uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
@@ -47,6 +50,15 @@ static void random_layer(ir_arena *A, mg_rng *r, int D, ir_layerkind kind, ir_la
   if (kind == LAYER_MAF || kind == LAYER_IAF) {
     L->net.kind = NET_MADE;
     L->spline = pick(r, 2);
+  }
+  if (kind == LAYER_RESIDUAL) {   /* a contraction: 1-Lipschitz activations only */
+    static const ir_act acts[] = {ACT_RELU, ACT_TANH, ACT_ELU, ACT_SOFTPLUS, ACT_LIPSWISH};
+    L->net.act = acts[pick(r, 5)];
+    L->lipschitz = 0.5 + 0.4 * mg_uniform(r);
+    L->iters = 400;
+    L->tol = 1e-6;
+    L->terms = 2;
+    L->roulette = 0.5;
   }
 }
 
@@ -97,13 +109,30 @@ static void lu_values(mg_rng *r, const ir_param *pa, void *data) {
   }
 }
 
+/* A converged power-iteration vector for the weight W [out, in], so that
+** the train program's one step gives the converged sigma the interpreter
+** uses. */
+static void sn_converged(const float *W, int out, int in, float *u) {
+  double *Wd = malloc((size_t)out * in * sizeof *Wd + 8), *ud = calloc((size_t)out + 1, 8);
+  double *vd = calloc((size_t)in + 1, 8);
+  for (long k = 0; k < (long)out * in; k++) Wd[k] = W[k];
+  rt_specnorm_sigma(Wd, out, in, ud, vd);
+  for (int k = 0; k < out; k++) u[k] = (float)ud[k];
+  free(Wd); free(ud); free(vd);
+}
+
 void **mg_params(ir_arena *A, mg_rng *r, const ir_program *p, double scale) {
   void **v = ir_alloc(A, (size_t)(p->nparams ? p->nparams : 1) * sizeof *v);
   for (int i = 0; i < p->nparams; i++) {
     const ir_param *pa = &p->params[i];
     long n = pa->ndim == 2 ? (long)pa->shape[0] * pa->shape[1] : pa->shape[0];
     v[i] = ir_alloc(A, (size_t)(n ? n : 1) * 8);
-    if (pa->init >= INIT_LU_LOWER || pa->init == INIT_PERM_RANDOM) {
+    if (pa->init == INIT_SN_U) {   /* its weight: param p0 + 2 J; it is p0 + 2 nl + J */
+      int k = pa->layer, nl = p->model->layers[k].net.nhidden + 1;
+      int J = i - p->layer_param0[k] - 2 * nl;
+      const ir_param *W = &p->params[p->layer_param0[k] + 2 * J];
+      sn_converged(v[p->layer_param0[k] + 2 * J], W->shape[0], W->shape[1], v[i]);
+    } else if (pa->init >= INIT_LU_LOWER || pa->init == INIT_PERM_RANDOM) {
       lu_values(r, pa, v[i]);
     } else if (pa->init == INIT_PERM_LIST) {
       for (long j = 0; j < n; j++) ((int64_t *)v[i])[j] = pa->values[j];

@@ -671,8 +671,8 @@ Test(codegen, dump_llvm_vectorizes) {
   fclose(f);
   char *s = tu_read_file(path, NULL);
   cr_assert(s);
-  cr_assert(strstr(s, "define void @flowc_vec_encode(ptr"), "no kernel");
-  cr_assert(strstr(s, "define void @flowc_vec_log_prob(ptr") || strstr(s, "define void @flowc_vec_logprob(ptr"));
+  cr_assert(strstr(s, "i32 @flowc_vec_encode(ptr"), "no kernel");
+  cr_assert(strstr(s, "i32 @flowc_vec_log_prob(ptr") || strstr(s, "i32 @flowc_vec_logprob(ptr"));
   cr_assert(strstr(s, "x float>"), "relu over 64 columns is not vectorized");
   cr_assert(strstr(s, "\"target-cpu\""));
   free(s);
@@ -1157,7 +1157,7 @@ Test(codegen, train_descriptor_and_so) {
   cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
   fclose(f);
   char *s = tu_read_file(path, NULL);
-  cr_assert(s && strstr(s, "define void @flowc_dtrain_train(ptr"));
+  cr_assert(s && strstr(s, "i32 @flowc_dtrain_train(ptr"));
   free(s);
   free_prog(&t);
 }
@@ -1190,7 +1190,10 @@ Test(codegen, train_lowered_models) {
     cr_assert(t.train_prep || t.p->train->nprep == 0);
     char what[64];
     snprintf(what, sizeof what, "model seed %llu", (unsigned long long)seed);
-    check_train_jit(&t, j, 2, 1, 1e-4, what);
+    /* iaf's density is sequential: float rounding compounds over the dims */
+    double tol = 1e-4;
+    for (int k = 0; k < m->nlayers; k++) if (m->layers[k].kind == LAYER_IAF) tol = 1e-3;
+    check_train_jit(&t, j, 2, 1, tol, what);
     rt_model_close(rm);
     cg_jit_free(j);
     rt_desc_free(d);

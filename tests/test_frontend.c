@@ -75,6 +75,19 @@ static void dump_layer(FILE *f, const ir_model *m, int k) {
       fprintf(f, " scale=%s", scales[L->scale]);
     }
     break;
+  case LAYER_RESIDUAL:
+    dump_net(f, &L->net);
+    fprintf(f, " lipschitz=");
+    dump_double(f, L->lipschitz);
+    if (L->series) {
+      fprintf(f, " logdet=series terms=%d roulette=", L->terms);
+      dump_double(f, L->roulette);
+    } else {
+      fprintf(f, " logdet=exact");
+    }
+    fprintf(f, " iters=%d tol=", L->iters);
+    dump_double(f, L->tol);
+    break;
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) fprintf(f, " perm=reverse");
     else if (L->perm_kind == PERM_RANDOM) fprintf(f, " perm=random seed=%llu",

@@ -49,13 +49,15 @@ static void check_model(mg_rng *r, int D, int C, int nl, const ir_layerkind *kin
   fixture f;
   make(&f, r, D, C, nl, kinds);
   double *x = randn(r, D, 1.5), *c = randn(r, C, 1.0);
-  double z[64], xr[64], lde, ldd, lp;
+  double z[64], xr[64], lde, ldd, lp, tol = 1e-8;
+  for (int k = 0; k < nl; k++)   /* a fixed-point inverse stops at tol 1e-6, c <= 0.9 */
+    if (f.p->model->layers[k].kind == LAYER_RESIDUAL) tol = 3e-5;
   run(&f, IR_ENTRY_ENCODE_LD, 1, x, c, z, &lde);
   run(&f, IR_ENTRY_DECODE_LD, 1, z, c, xr, &ldd);
   for (int i = 0; i < D; i++)
-    cr_assert(fabs(xr[i] - x[i]) < 1e-8 * (1 + fabs(x[i])), "round trip dim %d: %g vs %g", i,
+    cr_assert(fabs(xr[i] - x[i]) < tol * (1 + fabs(x[i])), "round trip dim %d: %.12g vs %.12g", i,
               xr[i], x[i]);
-  cr_assert(fabs(lde + ldd) < 1e-8 * (1 + fabs(lde)), "encode ld %g, decode ld %g", lde, ldd);
+  cr_assert(fabs(lde + ldd) < tol * (1 + fabs(lde)), "encode ld %g, decode ld %g", lde, ldd);
   /* log-det against central differences of the encode map */
   double J[64 * 64], zp[64], zm[64], h = 1e-6;
   for (int j = 0; j < D; j++) {

@@ -239,7 +239,7 @@ Test(prep, backward_matches_differences) {
 ** s (log_scale), b (bias), perm (I64, unused); train prep q0 = exp(s),
 ** q1 = sum(s). args: 0 x, 2 lp, 4..6 params, 7..8 preps, 9 scratch,
 ** 10..12 param slots (12 NULL), 13..14 prep slots. */
-static void k_train(void *const *a, int64_t n) {
+static int32_t k_train(void *const *a, int64_t n) {
   const float *x = a[0], *b = a[5], *e = a[7], *sum = a[8];
   float *lp = a[2], *sc = a[9], *gb = a[11], *ge = a[13], *gsum = a[14];
   cr_assert_null(a[1]);
@@ -260,11 +260,13 @@ static void k_train(void *const *a, int64_t n) {
     }
     gsum[0] += -1.0f;
   }
+  return 0;
 }
 
-static void k_logprob(void *const *a, int64_t n) {
+static int32_t k_logprob(void *const *a, int64_t n) {
   (void)a;
   (void)n;
+  return 0;
 }
 
 static const rt_kernel TRAIN_K[RT_NENTRY] = { NULL, NULL, NULL, NULL, k_logprob };

@@ -39,7 +39,7 @@ static const char *AFFINE_DESC =
 
 #define P 3
 /* args: 0 in, 1 ctx, 2 out0, 3 out1, 4..6 params, 7.. prep, then scratch */
-static void k_encode(void *const *a, int64_t n) {
+static int32_t k_encode(void *const *a, int64_t n) {
   const float *x = a[0], *ls_neg = a[7 + 0 - 0], *b = a[5];
   float *z = a[2], *s = a[8];
   for (int64_t r = 0; r < n; r++)
@@ -47,8 +47,9 @@ static void k_encode(void *const *a, int64_t n) {
       s[r * 3 + j] = x[r * 3 + j] - b[j];
       z[r * 3 + j] = s[r * 3 + j] * expf(ls_neg[j]);
     }
+  return 0;
 }
-static void k_encode_ld(void *const *a, int64_t n) {
+static int32_t k_encode_ld(void *const *a, int64_t n) {
   const float *x = a[0], *ls_neg = a[7], *neg_sum = a[9], *b = a[5];
   float *z = a[2], *ld = a[3], *s = a[10];
   for (int64_t r = 0; r < n; r++) {
@@ -58,8 +59,9 @@ static void k_encode_ld(void *const *a, int64_t n) {
     }
     ld[r] = neg_sum[0];
   }
+  return 0;
 }
-static void k_decode(void *const *a, int64_t n) {
+static int32_t k_decode(void *const *a, int64_t n) {
   const float *z = a[0], *sc = a[7], *b = a[5];
   float *x = a[2], *s = a[8];
   for (int64_t r = 0; r < n; r++)
@@ -67,8 +69,9 @@ static void k_decode(void *const *a, int64_t n) {
       s[r * 3 + j] = z[r * 3 + j] * sc[j];
       x[r * 3 + j] = s[r * 3 + j] + b[j];
     }
+  return 0;
 }
-static void k_decode_ld(void *const *a, int64_t n) {
+static int32_t k_decode_ld(void *const *a, int64_t n) {
   const float *z = a[0], *sc = a[7], *sum = a[8], *b = a[5];
   float *x = a[2], *ld = a[3], *s = a[9];
   for (int64_t r = 0; r < n; r++) {
@@ -78,8 +81,9 @@ static void k_decode_ld(void *const *a, int64_t n) {
     }
     ld[r] = sum[0];
   }
+  return 0;
 }
-static void k_logprob(void *const *a, int64_t n) {
+static int32_t k_logprob(void *const *a, int64_t n) {
   const float *x = a[0], *ls_neg = a[7], *sum = a[8], *b = a[5];
   float *lp = a[2];
   for (int64_t r = 0; r < n; r++) {
@@ -90,6 +94,7 @@ static void k_logprob(void *const *a, int64_t n) {
     }
     lp[r] = (float)(-0.5 * q - 1.5 * log(2 * M_PI) - sum[0]);
   }
+  return 0;
 }
 static const rt_kernel AFFINE_K[RT_NENTRY] = { k_encode, k_encode_ld, k_decode,
                                                k_decode_ld, k_logprob };
@@ -487,11 +492,12 @@ static const char *CTX_DESC =
   "entry logprob scratch 0 has_ld 0 nprep 0\n"
   "end\n";
 
-static void k_ctx_decode(void *const *a, int64_t n) {
+static int32_t k_ctx_decode(void *const *a, int64_t n) {
   const float *z = a[0], *c = a[1];
   float *x = a[2];
   for (int64_t r = 0; r < n; r++)
     for (int j = 0; j < 2; j++) x[r * 2 + j] = z[r * 2 + j] + c[r];
+  return 0;
 }
 
 Test(model, context_broadcast) {
