@@ -20,6 +20,12 @@ $VG $F train -O0 examples/moons.flow --data "$T/moons.npy" --steps 6 --batch 64 
     --patience 5 --checkpoint "$T/ck.safetensors" -o "$T/m.safetensors" 2>/dev/null
 $VG $F train -O0 examples/moons.flow --data "$T/moons.npy" --steps 8 --batch 64 \
     --resume "$T/ck.safetensors" -o "$T/m.safetensors" 2>/dev/null
+# residual: the series estimator's noise and loop in training, the fixed-point
+# inverse in sampling
+$VG $F train -O0 examples/residual.flow --data "$T/moons.npy" --steps 4 --batch 32 \
+    -o "$T/r.safetensors" 2>/dev/null
+$VG $F sample -O0 examples/residual.flow -w "$T/r.safetensors" -n 50 --seed 3 -o "$T/rx.npy" \
+    --logprob "$T/rlp.npy"
 # wrong weights for the model: exit 1 (refused), not 99 (a leak on the error path)
 set +e
 $VG $F logprob -O0 examples/moons.flow -w "$T/w.safetensors" --data "$T/x.npy" -o "$T/bad.npy" 2>/dev/null

@@ -6,8 +6,10 @@
 ** sample and compares. The examples, plus models written here that reach
 ** the corners: D = 1 with and without context, an odd split, every
 ** activation and scale, splines with one bin and a small bound, permute
-** lists, a shaped dim, a file with several models (--model), and maf /
-** iaf (MADE masks, affine and spline) with and without context.
+** lists, a shaped dim, a file with several models (--model), maf / iaf
+** (MADE masks, affine and spline) with and without context, and residual
+** layers (spectral normalisation, exact log-det, fixed-point inverse) with
+** every allowed activation, with and without context, D = 1.
 **
 ** torch_ref.py exits 77 when torch is not importable: the test is then
 ** skipped, loudly, except under CI (environment variable CI set), where
@@ -284,3 +286,66 @@ static const char *ar_corners_flow(void) {
 Test(torch, autoregressive_no_context) { torch_check("ar_nc", ar_corners_flow(), "nc", 13); }
 Test(torch, autoregressive_dim1) { torch_check("ar_one", ar_corners_flow(), "one", 14); }
 Test(torch, autoregressive_dim1_context) { torch_check("ar_onec", ar_corners_flow(), "onec", 15); }
+
+/* ---- residual layers (section 6, docs/choices.md "Residual layers") ---- */
+
+/* The example: actnorm + residual with logdet = series; evaluation uses the
+** exact log-det whatever `logdet` says. */
+Test(torch, residual_example) { torch_check("resflow", EX "residual.flow", NULL, 18); }
+
+/* D = 3 with context 2 (g sees [y, c]): every allowed activation, several
+** Lipschitz constants, iters and tol (one layer all defaults), a net
+** without hidden layer, mixed with affine_coupling, permute and actnorm.
+** Every tol is >= 1e-6: flowc iterates in float32, whose spacing is 1.2e-7
+** from |y| = 1 on, and with tol = 1e-7 some samples cycle by one ulp and
+** never meet it (measured: still unconverged after 5000 steps). */
+Test(torch, residual_context) {
+  torch_check("res_context", tmp_model("res_context",
+    "model rc {\n"
+    "  dim 3;\n"
+    "  context 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    residual(net = mlp(hidden = [16, 16], act = elu), lipschitz = 0.9, iters = 200, tol = 1e-6);\n"
+    "    affine_coupling(net = mlp(hidden = [12], act = relu), scale = tanh);\n"
+    "    residual(net = mlp(hidden = [10], act = tanh), lipschitz = 0.5, logdet = exact);\n"
+    "    permute(reverse);\n"
+    "    residual(net = mlp(hidden = [8, 8, 8], act = softplus), lipschitz = 0.7, iters = 100, tol = 2e-6);\n"
+    "    actnorm;\n"
+    "    residual(net = mlp(hidden = [16], act = relu), lipschitz = 0.95, iters = 300,\n"
+    "             logdet = series(terms = 3, roulette = 0.2));\n"
+    "    permute(reverse);\n"
+    "    residual(net = mlp(hidden = [12, 12]));\n"
+    "    residual(net = mlp(hidden = [], act = tanh), lipschitz = 0.6);\n"
+    "  }\n"
+    "}\n"), NULL, 19);
+}
+
+/* D = 1: g maps one value (and, with context, the context) to one value. */
+static const char *res_dim1_flow(void) {
+  return tmp_model("res_dim1",
+    "model r1 {\n"
+    "  dim 1;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    residual(net = mlp(hidden = [8, 8], act = lipswish), lipschitz = 0.9, iters = 200);\n"
+    "    actnorm;\n"
+    "    residual(net = mlp(hidden = [6], act = elu), lipschitz = 0.8, tol = 5e-6);\n"
+    "    affine_coupling(net = mlp(hidden = [4]), scale = sigmoid);\n"
+    "    residual(net = mlp(hidden = [5], act = softplus), lipschitz = 0.97, iters = 300);\n"
+    "  }\n"
+    "}\n"
+    "model r1c {\n"
+    "  dim 1;\n"
+    "  context 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    residual(net = mlp(hidden = [8], act = tanh), lipschitz = 0.9, iters = 200);\n"
+    "    permute(reverse);\n"
+    "    residual(net = mlp(hidden = [6, 6], act = relu), lipschitz = 0.75);\n"
+    "  }\n"
+    "}\n");
+}
+
+Test(torch, residual_dim1) { torch_check("res_dim1", res_dim1_flow(), "r1", 20); }
+Test(torch, residual_dim1_context) { torch_check("res_dim1c", res_dim1_flow(), "r1c", 21); }

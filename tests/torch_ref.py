@@ -5,18 +5,23 @@ Usage:
   torch_ref.py FLOWC_EXE MODEL.flow WORKDIR [--model NAME] [--seed S] [--n N]
   torch_ref.py --selftest            (no flowc: the reference checks itself)
 
-The layer mathematics of flow-language.md (sections 2-5a, 9; maf and iaf as
-docs/choices.md "Autoregressive layers" extends them) is written
-here again, from the spec, in torch float64; nothing is taken from flowc but
-the layer list (`flowc check`) and the tensor names and shapes (`flowc init`).
-The weights are then replaced by random values so that no layer is near the
-identity, written as safetensors by hand (F32/I64, F64/I32, F16 and BF16
-copies), and flowc's logprob, encode, decode and sample are compared with the
-reference: max |a-b|/max(1,|b|) <= 1e-4 (1e-3 for sample's own log_prob
-against the density of the x it returned). Log-densities may in addition
-differ by their float32 error budget (see fp32_budget): only rows where a
-steep spline bin amplifies float32 rounding ever need it, and the report
-says how many did.
+The layer mathematics of flow-language.md (sections 2-6, 9; maf and iaf as
+docs/choices.md "Autoregressive layers" extends them; residual layers with
+the exact log-det that evaluation uses, docs/choices.md "Residual layers")
+is written here again, from the spec, in torch float64; nothing is taken
+from flowc but the layer list (`flowc check`) and the tensor names and
+shapes (`flowc init`). The weights are then replaced by random values so
+that no layer is near the identity (residual weights large enough that the
+spectral normalisation acts), written as safetensors by hand (F32/I64,
+F64/I32, F16 and BF16 copies; with residual layers also a copy without the
+`sn_u` vectors), and flowc's logprob, encode, decode and sample are
+compared with the reference: max |a-b|/max(1,|b|) <= 1e-4 (1e-3 for
+sample's own log_prob against the density of the x it returned). The
+reference's residual inverse runs its fixed point to float64 convergence;
+flowc's stops at the layer's tol, well inside 1e-4 for the contractions
+tested. Log-densities may in addition differ by their float32 error budget
+(see fp32_budget): only rows where a steep spline bin amplifies float32
+rounding ever need it, and the report says how many did.
 
 Exit status: 0 all checks agree; 1 a mismatch or a failure of flowc;
 2 usage; 77 torch (or numpy) is not available, so the caller can skip.
@@ -42,6 +47,9 @@ F64 = torch.float64
 TOL = 1e-4          # flowc (float32) against the float64 reference
 TOL_SAMPLE = 1e-3   # sample's own log_prob against the reference density
 M_MIN = 1e-3        # spline minimum width/height/derivative (section 5a)
+FP_TOL = 1e-12      # residual: the reference's fixed point runs until no
+FP_MAX = 5000       # coordinate changes by more than FP_TOL * max(1, |y|), in at most FP_MAX steps
+RES_ACTS = ("lipswish", "relu", "elu", "tanh", "softplus")   # 1-Lipschitz
 
 # --------------------------------------------------------------------------
 # safetensors, by hand
@@ -256,6 +264,9 @@ class Layer:
         self.net = None       # [(W, b)]
         self.masks = None     # MADE masks (maf, iaf), made on first use
         self.p = {}
+        self.rnet = None      # residual: the spectrally normalised net
+        self.sigmas = None    # residual: sigma(W) of each stored weight
+        self.fp_steps = 0     # residual: most steps a sample needed to reach tol
 
     # forward: generative direction u -> y, returns (y, log|det J_f|)
     def forward(self, u, c, D):
@@ -307,12 +318,82 @@ class Layer:
             out, ld = self._ar_step(v, self._made(out, c, D), D, inv)
         return out, ld
 
+    # ---- residual (section 6): u = y + g(y), g(y) = net([y, c]) ----
+
+    def lipschitz(self):
+        return float(self.opts.get("lipschitz", 0.97))
+
+    def res_net(self):
+        """Every weight W (the last too) replaced by W / max(1, sigma(W)/c),
+        sigma the largest singular value."""
+        if self.rnet is None:
+            c = self.lipschitz()
+            if not (0 < c < 1 and self.opts.get("act", "relu") in RES_ACTS):
+                raise ValueError("residual: lipschitz %g or act %s outside section 6 / docs/choices.md"
+                                 % (c, self.opts.get("act", "relu")))
+            self.sigmas = [float(torch.linalg.matrix_norm(W, ord=2)) for W, _ in self.net]
+            self.rnet = [(W / max(1.0, s / c), b) for (W, b), s in zip(self.net, self.sigmas)]
+        return self.rnet
+
+    def res_g(self, y, c):
+        inp = y if c is None else torch.cat([y, c], dim=1)
+        return mlp(inp, self.res_net(), self.opts.get("act", "relu"))
+
+    def res_g_jac(self, y, c):
+        """g(y) and its Jacobian J [N, D, D] (J[n, i, j] = d g_i / d y_j of
+        sample n), by one backward pass per output (the samples do not
+        mix). The result keeps its graph only when y or c carries one (the
+        log-det must then be differentiable, as fp32_budget needs)."""
+        graph = torch.is_grad_enabled() and (y.requires_grad or (c is not None and c.requires_grad))
+        with torch.enable_grad():
+            yv = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
+            g = self.res_g(yv, c if graph or c is None else c.detach())
+            rows = [torch.autograd.grad(g[:, i].sum(), yv, create_graph=graph, retain_graph=True)[0]
+                    for i in range(y.shape[1])]
+            J = torch.stack(rows, dim=1)
+        if not graph:
+            g, J = g.detach(), J.detach()
+        return g, J
+
+    def res_logdet(self, J):
+        """log det(I + J_g): g is a contraction, so the determinant is > 0."""
+        sign, ld = torch.linalg.slogdet(torch.eye(J.shape[-1], dtype=J.dtype) + J)
+        if not bool(torch.all(sign > 0)):
+            raise ValueError("residual: det(I + J_g) <= 0: g is not a contraction")
+        return ld
+
+    def _residual(self, v, c, D, inv):
+        if inv:     # density direction y -> u = y + g(y)
+            g, J = self.res_g_jac(v, c)
+            return v + g, self.res_logdet(J)
+        # generative direction: y <- u - g(y) from y = u, to convergence in
+        # float64; also counts the steps each sample needs to move by less
+        # than the layer's tol (flowc's criterion, for the report)
+        tol = float(self.opts.get("tol", 1e-6))
+        y = v.clone()
+        steps = torch.full((v.shape[0],), -1, dtype=torch.int64)
+        for n in range(1, FP_MAX + 1):
+            y_new = v - self.res_g(y, c)
+            ch = (y_new - y).abs().amax(dim=1)
+            y = y_new
+            steps = torch.where((steps < 0) & (ch < tol), torch.full_like(steps, n), steps)
+            if float(ch.max()) < FP_TOL * max(1.0, float(y.detach().abs().max())):
+                break
+        else:
+            raise ValueError("residual: the fixed point did not converge in %d steps (change %.3g)"
+                             % (FP_MAX, float(ch.max())))
+        self.fp_steps = max(self.fp_steps, int(steps.max()))
+        _, J = self.res_g_jac(y, c)
+        return y, -self.res_logdet(J)
+
     def _apply(self, u, c, D, inv):
         N, d = u.shape[0], D // 2
         zero = torch.zeros(N, dtype=u.dtype)
         k = self.kind
         if k in ("maf", "iaf"):
             return self._autoregressive(u, c, D, inv)
+        if k == "residual":
+            return self._residual(u, c, D, inv)
         if k in ("affine_coupling", "additive_coupling", "spline_coupling"):
             h = self._cond(u, c, D)
             a, b = u[:, :d], u[:, d:]
@@ -415,7 +496,7 @@ def parse_check(text, want):
             opts = {}
             if kind in ("maf", "iaf"):
                 opts["transform"] = "spline" if re.search(r"\btransform = spline\b", rest) else "affine"
-            for key in ("act", "scale", "bins", "bound", "seed"):
+            for key in ("act", "scale", "bins", "bound", "seed", "lipschitz", "logdet", "iters", "tol"):
                 mm = re.search(r"\b%s = ([-+\w.]+)" % key, rest)
                 if mm:
                     opts[key] = mm.group(1)
@@ -435,7 +516,7 @@ def parse_check(text, want):
     raise ValueError("model %s not in `flowc check` output" % want)
 
 
-NET_KINDS = ("affine_coupling", "additive_coupling", "spline_coupling", "maf", "iaf")
+NET_KINDS = ("affine_coupling", "additive_coupling", "spline_coupling", "maf", "iaf", "residual")
 
 
 def is_spline(kind, opts):
@@ -444,6 +525,8 @@ def is_spline(kind, opts):
 
 def net_out(kind, D, opts):
     d = D // 2
+    if kind == "residual":
+        return D
     if kind in ("maf", "iaf"):
         return D * (3 * int(opts.get("bins", 8)) - 1) if opts.get("transform") == "spline" else 2 * D
     if kind == "affine_coupling":
@@ -459,11 +542,13 @@ def expected_names(model):
     for k, (kind, o) in enumerate(model["layers"]):
         p = "flow.%d." % k
         if kind in NET_KINDS:
-            nin = D + C if kind in ("maf", "iaf") else D // 2 + C
+            nin = D + C if kind in ("maf", "iaf", "residual") else D // 2 + C
             sizes = [nin] + o.get("hidden", []) + [net_out(kind, D, o)]
             for j in range(len(sizes) - 1):
                 out[p + "net.%d.weight" % j] = ("F32", [sizes[j + 1], sizes[j]])
                 out[p + "net.%d.bias" % j] = ("F32", [sizes[j + 1]])
+                if kind == "residual":   # the power-iteration vector (section 6)
+                    out[p + "net.%d.sn_u" % j] = ("F32", [sizes[j + 1]])
         elif kind == "permute":
             if o["perm_kind"] != "reverse":
                 out[p + "perm"] = ("I64", [D])
@@ -511,7 +596,9 @@ def randomize(model, w0, rng):
     out = {}
     for k, (kind, o) in enumerate(model["layers"]):
         p = "flow.%d." % k
-        if kind in NET_KINDS:
+        if kind == "residual":
+            randomize_residual(k, o, D, w0, rng, out)
+        elif kind in NET_KINDS:
             j = 0
             while p + "net.%d.weight" % j in w0:
                 W = w0[p + "net.%d.weight" % j][1]
@@ -550,6 +637,55 @@ def randomize(model, w0, rng):
         if a.dtype.kind == "f":
             out[n] = a.astype(np.float32)
     return out
+
+
+def randomize_residual(k, o, D, w0, rng, out):
+    """Gaussian weights plus a rank-one part that chains one direction
+    through the layers (from a direction of y to one of the output), three
+    times the Gaussian's sigma: independent Gaussian layers alone would lose
+    most of their gain between the hidden layers' many directions and the
+    few of the output, and leave J_g close to 0. Every weight has sigma(W)
+    well above the Lipschitz constant c, so that the normalisation acts,
+    except every fourth matrix (counting over the layers), scaled to sigma =
+    c/2 so that the max(1, .) keeps it as it is. Biases of 0.3; random
+    power-iteration vectors (any nonzero start reaches the same sigma)."""
+    p, c, j = "flow.%d." % k, float(o.get("lipschitz", 0.97)), 0
+    a = np.zeros(w0[p + "net.0.weight"][1].shape[1])    # a direction of y in [y, c]
+    a[:D] = rng.normal(size=D)
+    a /= np.linalg.norm(a)
+    while p + "net.%d.weight" % j in w0:
+        shape = w0[p + "net.%d.weight" % j][1].shape
+        last = p + "net.%d.weight" % (j + 1) not in w0
+        b = rng.normal(size=shape[0]) if last else np.abs(rng.normal(size=shape[0]))
+        b /= np.linalg.norm(b)
+        G = rng.normal(0, 1.0 / math.sqrt(max(shape[1], 1)), shape)
+        W = G + 3.0 * np.linalg.norm(G, 2) * np.outer(b, a)
+        W *= 3.0 * c / np.linalg.norm(W, 2)
+        if (k + j) % 4 == 3:
+            W *= 0.5 / 3.0
+        out[p + "net.%d.weight" % j] = W
+        out[p + "net.%d.bias" % j] = rng.normal(0, 0.3, shape[0])
+        out[p + "net.%d.sn_u" % j] = rng.normal(0, 1, shape[0])
+        a = b
+        j += 1
+
+
+def residual_info(rep, flow):
+    """The spectral normalisation acts on most residual weights (and is
+    exercised both ways), and the normalised weights have sigma = min(sigma, c)."""
+    res = [L for L in flow.layers if L.kind == "residual"]
+    if not res:
+        return
+    acted = total = 0
+    worst = 0.0
+    for L in res:
+        c = L.lipschitz()
+        for (W, _), s in zip(L.res_net(), L.sigmas):
+            total += 1
+            acted += s > c
+            worst = max(worst, abs(float(torch.linalg.matrix_norm(W, ord=2)) - min(s, c)))
+    rep.ok(2 * acted > total and worst < 1e-12, "torch: spectral normalisation acts (sigma > c)",
+           "on %d of %d weights; normalised sigma = min(sigma, c) to %.2g" % (acted, total, worst))
 
 
 # --------------------------------------------------------------------------
@@ -702,6 +838,10 @@ def check_init(rep, model, w0):
                     if np.abs(b).max() > bound * (1 + 1e-6) or (fan > 0 and np.all(b == 0)):
                         problems.append(p + "net.%d.bias not U(-%g, %g) (fan_in %d, max |b| %g)"
                                         % (j, bound, bound, fan, np.abs(b).max()))
+                if kind == "residual":
+                    su = w0[p + "net.%d.sn_u" % j][1]
+                    if not (np.all(np.isfinite(su)) and np.any(su != 0)):
+                        problems.append(p + "net.%d.sn_u is not a nonzero vector" % j)
         elif kind == "permute" and o["perm_kind"] != "reverse":
             pm = w0[p + "perm"][1]
             if sorted(pm.tolist()) != list(range(D)):
@@ -784,6 +924,7 @@ def main(argv):
              {"source": "torch_ref.py"})
     st_write(W("w64.safetensors"), {n: ("I32" if v.dtype.kind == "i" else "F64", v) for n, v in wr.items()})
     flow = build_flow(model, wr)
+    residual_info(rep, flow)
 
     # (c) data
     N = a.n
@@ -823,7 +964,24 @@ def main(argv):
     print("  info float32 error budget of log p over the data: median %.2g, max %.2g" %
           (float(np.median(bud)), float(bud.max())))
     ref_z, ref_lde = [t.numpy() for t in flow.encode(xt, ct)]
+    for L in flow.layers:
+        L.fp_steps = 0
     ref_x, ref_ldd = [t.numpy() for t in flow.decode(zt, ct)]
+    for k, L in enumerate(flow.layers):
+        if L.kind == "residual":
+            it = int(L.opts.get("iters", 50))
+            rep.ok(L.fp_steps <= it, "torch: flow.%d fixed point within iters" % k,
+                   "at most %d steps to a change < tol = %g (iters %d)" % (L.fp_steps, float(L.opts.get("tol", 1e-6)), it))
+    u = xt
+    for k in reversed(range(len(flow.layers))):     # how far from the identity
+        L = flow.layers[k]
+        if L.kind == "residual":
+            g, J = L.res_g_jac(u, ct)
+            print("  info flow.%d residual over the data: max ||J_g|| %.3f (bound c^n %.3f), "
+                  "mean |g| %.3f, mean |log det(I + J_g)| %.3f" %
+                  (k, float(torch.linalg.matrix_norm(J, ord=2).max()), L.lipschitz() ** len(L.net),
+                   float(g.abs().mean()), float(L.res_logdet(J).abs().mean())))
+        u, _ = L.inverse(u, ct, D)
     if not (np.all(np.isfinite(ref_lp)) and np.all(np.isfinite(ref_x))):
         rep.ok(False, "torch: reference values finite")
         return 1
@@ -866,6 +1024,8 @@ def main(argv):
             fh = build_flow(model, wh)
             compare(rep, "logprob, %s weights" % dt, np.load(W("lp_%s.npy" % dt.lower())),
                     fh.log_prob(xt, ct).numpy(), TOL, ins, slack=fp32_budget(fh, xt, ct))
+    if any(k == "residual" for k, _ in model["layers"]):
+        residual_weight_files(rep, a, W, margs, cargs, wr, ref_lp, ins, bud)
     if C:   # one context row for all samples
         np.save(W("c1.npy"), c[:1])
         if run_flowc(rep, a.flowc, ["logprob"] + common + ["--data", W("x.npy"), "-o", W("lpc1.npy"),
@@ -913,6 +1073,30 @@ def main(argv):
     return 1 if rep.failed else 0
 
 
+def residual_weight_files(rep, a, W, margs, cargs, wr, ref_lp, ins, bud):
+    """Section 6/8: weights files for evaluation may omit `sn_u` (the same
+    density follows); a misshapen `sn_u` is refused with its name."""
+    common = [a.flow] + margs + ["--data", W("x.npy")] + cargs
+    nosn = {n: ("I64" if v.dtype.kind == "i" else "F32", v) for n, v in wr.items() if not n.endswith(".sn_u")}
+    st_write(W("w_nosn.safetensors"), nosn)
+    if run_flowc(rep, a.flowc, ["logprob"] + common + ["-w", W("w_nosn.safetensors"), "-o", W("lp_nosn.npy")],
+                 "flowc logprob (weights without sn_u)") is not None:
+        compare(rep, "logprob, weights without sn_u", np.load(W("lp_nosn.npy")), ref_lp, TOL, ins, slack=bud)
+        if os.path.exists(W("lp.npy")):
+            e, _, _ = rel_err(np.load(W("lp_nosn.npy")), np.load(W("lp.npy")))
+            rep.ok(e <= 1e-5, "  same as with sn_u", "max rel err %.3g" % e)
+    name = sorted(n for n in wr if n.endswith(".sn_u"))[0]
+    bad = dict(nosn)
+    for n, v in wr.items():
+        if n.endswith(".sn_u"):
+            bad[n] = ("F32", np.concatenate([v, v[:1]]) if n == name else v)
+    st_write(W("w_badsn.safetensors"), bad)
+    r = subprocess.run([a.flowc, "logprob"] + common + ["-w", W("w_badsn.safetensors"), "-o", W("lp_bad.npy")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rep.ok(r.returncode != 0 and name in r.stdout, "flowc refuses a misshapen sn_u, naming it",
+           "exit %d: %s" % (r.returncode, r.stdout.strip()[:200]))
+
+
 # --------------------------------------------------------------------------
 # --selftest: the reference alone, on models built here
 
@@ -944,6 +1128,16 @@ def selftest():
                   ("maf", {"act": "relu", "hidden": [], "transform": "affine", "scale": "exp"}),
                   ("iaf", {"act": "relu", "hidden": [], "transform": "spline", "bins": 2, "bound": 1.0})]
         cases.append({"name": "self_D%d_C%d_ar" % (D, C), "D": D, "C": C, "layers": layers})
+        layers = [("actnorm", {}),
+                  ("residual", {"act": "lipswish", "hidden": [16, 16], "lipschitz": "0.9", "tol": "1e-06"}),
+                  ("affine_coupling", {"act": "relu", "scale": "tanh", "hidden": [8]}),
+                  ("residual", {"act": "elu", "hidden": [8], "lipschitz": "0.5"}),
+                  ("permute", {"perm_kind": "reverse"}),
+                  ("residual", {"act": "relu", "hidden": [12, 10, 8], "lipschitz": "0.97"}),
+                  ("residual", {"act": "tanh", "hidden": [], "lipschitz": "0.8"}),
+                  ("linear_lu", {}),
+                  ("residual", {"act": "softplus", "hidden": [9], "lipschitz": "0.7"})]
+        cases.append({"name": "self_D%d_C%d_res" % (D, C), "D": D, "C": C, "layers": layers})
     for model in cases:
         D, C = model["D"], model["C"]
         print("torch_ref selftest: D %d, context %d, %d layers" % (D, C, len(model["layers"])))
@@ -968,6 +1162,9 @@ def selftest():
         rep.ok(bool(torch.all(torch.isfinite(lp))), "torch: log_prob finite")
         if any(L.kind in ("maf", "iaf") for L in flow.layers):
             made_structure(rep, flow, x, c)
+        if any(L.kind == "residual" for L in flow.layers):
+            residual_info(rep, flow)
+            residual_structure(rep, flow, x, c)
     # the spline alone against a direct, scalar transcription of section 5a
     K, B = 5, 2.0
     row = torch.tensor(rng.normal(size=(1, 1, 3 * K - 1)) * 1.5)
@@ -1044,6 +1241,35 @@ def made_structure(rep, flow, x, c):
         if C and not (bool(nz_c.all()) and bool(reach[:, D:].all())):
             bad.append("flow.%d (%s): some output ignores the context" % (k, L.kind))
     rep.ok(not bad, "torch: MADE nets autoregressive, masks applied", "; ".join(bad))
+
+
+def residual_structure(rep, flow, x, c):
+    """Each residual g is a contraction where evaluated (||J_g||_2 <= c^n,
+    n its linear layers, the activations being 1-Lipschitz); log det(I + J_g)
+    equals the power series sum_k (-1)^(k+1) tr(J_g^k) / k that Residual
+    Flows estimates; the decode output is a fixed point y = u - g(y)."""
+    worst_lip = worst_ser = worst_fp = 0.0
+    u = x
+    for L in reversed(flow.layers):
+        if L.kind == "residual":
+            _, J = L.res_g_jac(u, c)
+            bound = L.lipschitz() ** len(L.net)
+            worst_lip = max(worst_lip, float(torch.linalg.matrix_norm(J, ord=2).max()) / bound)
+            ld = L.res_logdet(J)
+            ser, P = torch.zeros_like(ld), torch.eye(flow.D).expand_as(J)
+            for k in range(1, 2000):
+                P = P @ J
+                ser = ser + (-1) ** (k + 1) * torch.diagonal(P, dim1=1, dim2=2).sum(1) / k
+                if bound ** k / k < 1e-15:
+                    break
+            worst_ser = max(worst_ser, float((ser - ld).abs().max()))
+            y, _ = L.forward(u, c, flow.D)
+            worst_fp = max(worst_fp, float((y + L.res_g(y, c) - u).abs().max()))
+        u, _ = L.inverse(u, c, flow.D)
+    rep.ok(worst_lip <= 1 + 1e-9, "torch: residual g a contraction (||J_g|| <= c^n)",
+           "max ||J_g|| / c^n %.3g" % worst_lip)
+    rep.ok(worst_ser < 1e-10, "torch: log det(I + J_g) = power series", "max abs err %.3g" % worst_ser)
+    rep.ok(worst_fp < 1e-10, "torch: decode is a fixed point y + g(y) = u", "max abs err %.3g" % worst_fp)
 
 
 def rqs_scalar(u, row, K, B):
