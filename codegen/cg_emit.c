@@ -20,13 +20,21 @@
 ** FIX_BEGIN and the back edge at FIX_END. Each row stops moving on its own
 ** (a converged row keeps its y, so the body gives it the same ynew again),
 ** which makes a row's result independent of the rows beside it. A row still
-** moving after i0 runs of the body makes the kernel return 1 + i1.
+** moving after i0 runs of the body makes the kernel return 1 + i1.**
+** A graph of more than CG_SEG_NODES loop-emitting nodes is cut into
+** segments: internal noinline functions of the kernel's signature, each
+** re-loading args and rebuilding the pointers of the values it reads (see
+** cut), called in order by the kernel, which returns the first nonzero
+** status. Cuts fall only outside fixed-point loops. LLVM's loop analyses
+** cost about the square of the loops in one function; small graphs stay one
+** function.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/DebugInfo.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,7 +101,11 @@ typedef struct nval {
   long lo, hi;            /* scratch range in offset units, lo < 0: none */
   LLVMBasicBlockRef head; /* IR_FIX_BEGIN: its loop head, NULL once closed */
   LLVMValueRef iter;      /* IR_FIX_BEGIN: i64 alloca, body runs so far */
+  int kind;               /* where ptr comes from (NV_*), to rebuild it in a new segment */
+  int src, col;           /* NV_VIEW: the viewed node and the first column */
 } nval;
+
+enum { NV_NONE, NV_SCRATCH, NV_INPUT, NV_NOISE, NV_VIEW };
 
 typedef struct E {
   LLVMContextRef C;
@@ -104,12 +116,19 @@ typedef struct E {
   LLVMBasicBlockRef entry;
   LLVMValueRef moving, rowbad; /* i64 allocas of IR_FIX_END */
   int *open;              /* ids of the open IR_FIX_BEGINs, innermost last */
+  int tmpn;               /* floats of e->tmp (0: none) */
   int nopen;
   LLVMValueRef tmp;       /* float[tmpn] on the stack: a sink's partial sums */
   LLVMValueRef *pargs;    /* P parameter pointers */
   LLVMValueRef *qargs;    /* Q prep pointers */
   LLVMValueRef *gargs;    /* P + Q gradient slots (train kernel), or NULL */
   LLVMValueRef io[4];
+  LLVMValueRef *av;       /* the current function's loads of args[k] */
+  int nav;
+  /* segments: the kernel function, where its next segment call goes */
+  LLVMValueRef kfn;
+  LLVMBuilderRef KB;      /* NULL until the first cut */
+  int nseg;
   const ir_program *p;
   const ir_graph *g;
   int tile, P, Q;
@@ -1003,8 +1022,12 @@ static void fix_rows(E *e, const ir_node *x, const ir_node *y, const ir_node *yn
   loop_begin(e, &R, e->nrows);
   LLVMBuildStore(e->B, ci(e, 0), e->rowbad);
   loop_begin(e, &Cl, ci(e, x->n));
-  LLVMValueRef d = fabs_(e, f_sub(e, get(e, yn, R.iv, Cl.iv), get(e, y, R.iv, Cl.iv)));
-  LLVMValueRef bad = LLVMBuildZExt(e->B, fcmp(e, LLVMRealUGE, d, cf(e, x->f0)), e->i64, "");
+  LLVMValueRef yv = get(e, y, R.iv, Cl.iv);
+  LLVMValueRef d = fabs_(e, f_sub(e, get(e, yn, R.iv, Cl.iv), yv));
+  /* settled below tol, or below two float steps at y's size (interp.c fix_tol) */
+  LLVMValueRef fl = f_mul(e, fabs_(e, yv), cf(e, 2 * FLT_EPSILON));
+  LLVMValueRef thr = sel(e, fcmp(e, LLVMRealOGT, fl, cf(e, x->f0)), fl, cf(e, x->f0));
+  LLVMValueRef bad = LLVMBuildZExt(e->B, fcmp(e, LLVMRealUGE, d, thr), e->i64, "");
   LLVMValueRef rb = LLVMBuildLoad2(e->B, e->i64, e->rowbad, "");
   LLVMBuildStore(e->B, LLVMBuildOr(e->B, rb, bad, ""), e->rowbad);
   loop_end(e, &Cl);
@@ -1278,6 +1301,114 @@ static void add_fn_attr(E *e, const char *k, const char *v) {
                                                     (unsigned)strlen(v)));
 }
 
+/* Entry block of e->fn (the kernel or one of its segments): its allocas and
+** the loads of args[k]. */
+static void fn_begin(E *e, int train) {
+  LLVMValueRef args = LLVMGetParam(e->fn, 0);
+  e->nrows = LLVMGetParam(e->fn, 1);
+  LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->C, e->fn, "entry");
+  LLVMPositionBuilderAtEnd(e->B, entry);
+  e->entry = entry;
+  e->argp = args;
+  e->moving = e->rowbad = NULL;
+  e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
+  e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
+  LLVMValueRef *av = e->av;
+  for (int k = 0; k < e->nav; k++) {
+    LLVMValueRef i = ci(e, k);
+    LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, args, &i, 1, "");
+    av[k] = LLVMBuildLoad2(e->B, e->ptr, p, "");
+    LLVMSetAlignment(av[k], 8);
+  }
+  for (int k = 0; k < 4; k++) e->io[k] = av[k];
+  e->pargs = av + 4;
+  e->qargs = av + 4 + e->P;
+  e->scratch = av[4 + e->P + e->Q];
+  e->gargs = train ? av + 5 + e->P + e->Q : NULL;
+  e->tmp = NULL;
+  if (e->tmpn > 0) {
+    LLVMBasicBlockRef cur = LLVMGetInsertBlock(e->B);
+    LLVMPositionBuilder(e->B, entry, LLVMGetFirstInstruction(entry));
+    e->tmp = LLVMBuildAlloca(e->B, LLVMArrayType2(e->f32, (uint64_t)e->tmpn), "tmp");
+    LLVMSetAlignment(e->tmp, 64);
+    LLVMPositionBuilderAtEnd(e->B, cur);
+  }
+}
+
+/* Nodes (loop nests) per LLVM function: past that a kernel is cut into
+** segments, each its own function, called in order by the kernel. LLVM's
+** loop analyses (ScalarEvolution's guard and predecessor walks) cost about
+** the square of the loops in a function; segments keep that bounded.
+** FLOWC_SEG_NODES overrides it (0: never cut). */
+#define CG_SEG_NODES 32
+static int seg_nodes(void) {
+  const char *s = getenv("FLOWC_SEG_NODES");
+  return s && *s ? atoi(s) : CG_SEG_NODES;
+}
+
+/* Ends the current segment before node i (outside any fixed-point loop) and
+** starts the next: a new internal noinline function, called by the kernel
+** (which returns the first nonzero status), in which the pointer of every
+** node still needed from node i on is rebuilt. */
+static void cut(E *e, int i, const int *last, char *need, int train) {
+  const ir_graph *g = e->g;
+  if (!e->KB) { /* the kernel itself was the first segment */
+    e->KB = LLVMCreateBuilderInContext(e->C);
+    LLVMPositionBuilderAtEnd(e->KB, LLVMGetInsertBlock(e->B));
+  } else {
+    LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
+  }
+  char name[300];
+  size_t nl = 0;
+  const char *kn = LLVMGetValueName2(e->kfn, &nl);
+  snprintf(name, sizeof name, "%.*s.seg%d", (int)nl, kn, ++e->nseg);
+  LLVMTypeRef fty = LLVMGlobalGetValueType(e->kfn);
+  LLVMValueRef f = LLVMAddFunction(e->M, name, fty);
+  LLVMSetLinkage(f, LLVMInternalLinkage);
+  static const char *sa[] = {"target-cpu", "target-features"};
+  for (int k = 0; k < 2; k++) {
+    LLVMAttributeRef a = LLVMGetStringAttributeAtIndex(e->kfn, LLVMAttributeFunctionIndex, sa[k],
+                                                       (unsigned)strlen(sa[k]));
+    if (a) LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, a);
+  }
+  static const char *ea[] = {"nounwind", "noinline"};
+  for (int k = 0; k < 2; k++) {
+    unsigned kd = LLVMGetEnumAttributeKindForName(ea[k], strlen(ea[k]));
+    LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, kd, 0));
+  }
+  /* the kernel: status = seg(args, nrows); if (status) return status; */
+  LLVMValueRef ca[2] = {LLVMGetParam(e->kfn, 0), LLVMGetParam(e->kfn, 1)};
+  LLVMValueRef st = LLVMBuildCall2(e->KB, fty, f, ca, 2, "");
+  LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(e->C, e->kfn, "seg.fail");
+  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(e->C, e->kfn, "seg.next");
+  LLVMBuildCondBr(e->KB, LLVMBuildICmp(e->KB, LLVMIntNE, st, LLVMConstInt(e->i32, 0, 0), ""),
+                  bad, ok);
+  LLVMPositionBuilderAtEnd(e->KB, bad);
+  LLVMBuildRet(e->KB, st);
+  LLVMPositionBuilderAtEnd(e->KB, ok);
+
+  e->fn = f;
+  fn_begin(e, train);
+  /* what nodes i.. read: live values, and what the views among them view */
+  memset(need, 0, (size_t)g->nnodes);
+  for (int j = i - 1; j >= 0; j--) {
+    nval *v = &e->v[j];
+    if (v->kind != NV_NONE && last[j] >= i) need[j] = 1;
+    if (need[j] && v->kind == NV_VIEW) need[v->src] = 1;
+  }
+  for (int j = 0; j < i; j++) {
+    if (!need[j]) continue;
+    const ir_node *x = g->nodes[j];
+    nval *v = &e->v[j];
+    switch (v->kind) {
+    case NV_SCRATCH: v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile)); break;
+    case NV_INPUT: v->ptr = e->io[x->i0]; break;
+    case NV_NOISE: noise_input(e, x, train, v); break;
+    case NV_VIEW: v->ptr = v->col ? gepf(e, e->v[v->src].ptr, ci(e, v->col)) : e->v[v->src].ptr; break;
+    }
+  }
+}
+
 static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *feat) {
   const ir_graph *g = e->g;
   for (int i = 0; i < g->nnodes; i++)
@@ -1312,35 +1443,25 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     LLVMMetadataRef nm = LLVMMDStringInContext2(e->C, name, strlen(name));
     e->domain = self_md(e, &nm, 1);
   }
-  LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->C, e->fn, "entry");
-  LLVMPositionBuilderAtEnd(e->B, entry);
-  e->entry = entry;
-  e->argp = args;
-  e->moving = e->rowbad = NULL;
-  e->nopen = 0;
-  e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
-  e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
+  e->kfn = e->fn;
+  e->KB = NULL;
+  e->nseg = 0;
   e->Q = g->nprep;
-  int nargs = 4 + e->P + e->Q + 1 + (train ? e->P + e->Q : 0);
-  LLVMValueRef *av = malloc(sizeof *av * nargs);
-  if (!av) return cg_fail(e->err, e->errlen, "codegen: out of memory");
-  for (int k = 0; k < nargs; k++) {
-    LLVMValueRef i = ci(e, k);
-    LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, args, &i, 1, "");
-    av[k] = LLVMBuildLoad2(e->B, e->ptr, p, "");
-    LLVMSetAlignment(av[k], 8);
-  }
-  for (int k = 0; k < 4; k++) e->io[k] = av[k];
-  e->pargs = av + 4;
-  e->qargs = av + 4 + e->P;
-  e->scratch = av[4 + e->P + e->Q];
-  e->gargs = train ? av + 5 + e->P + e->Q : NULL;
+  e->nav = 4 + e->P + e->Q + 1 + (train ? e->P + e->Q : 0);
+  e->av = malloc(sizeof *e->av * e->nav);
+  if (!e->av) return cg_fail(e->err, e->errlen, "codegen: out of memory");
+  e->tmpn = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (ir_is_sink(g->nodes[i]->op) && sink_tmp(g->nodes[i]) > e->tmpn)
+      e->tmpn = sink_tmp(g->nodes[i]);
+  fn_begin(e, train);
 
   /* liveness: what the outputs depend on */
   char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
   int *last = malloc(sizeof *last * (g->nnodes ? g->nnodes : 1));
   e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
   e->open = malloc(sizeof *e->open * (g->nnodes ? g->nnodes : 1));
+  char *need = NULL;
   int rc = 0;
   if (!live || !last || !e->v || !e->open) {
     rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
@@ -1353,22 +1474,17 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   for (int k = 0; k < g->nouts; k++) live[g->outs[k]->id] = 1;
   /* last use of each node (g->nnodes: an output), loops included */
   ir_last_uses(g, last);
-  int tmpn = 0;
   for (int i = 0; i < g->nnodes; i++)
-    if (ir_is_sink(g->nodes[i]->op)) {
-      live[i] = 1;
-      if (sink_tmp(g->nodes[i]) > tmpn) tmpn = sink_tmp(g->nodes[i]);
-    }
-  e->tmp = NULL;
-  if (tmpn > 0) {
-    LLVMBasicBlockRef cur = LLVMGetInsertBlock(e->B);
-    LLVMPositionBuilder(e->B, entry, LLVMGetFirstInstruction(entry));
-    e->tmp = LLVMBuildAlloca(e->B, LLVMArrayType2(e->f32, (uint64_t)tmpn), "tmp");
-    LLVMSetAlignment(e->tmp, 64);
-    LLVMPositionBuilderAtEnd(e->B, cur);
-  }
+    if (ir_is_sink(g->nodes[i]->op)) live[i] = 1;
   mark_live(g, live);
+  need = calloc(g->nnodes ? g->nnodes : 1, 1);
+  if (!need) {
+    rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
+    goto done;
+  }
+  int segmax = seg_nodes();
 
+  int segn = 0;
   for (int i = 0; i < g->nnodes && !rc; i++) {
     const ir_node *x = g->nodes[i];
     nval *v = &e->v[i];
@@ -1378,6 +1494,10 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
         rc = efail(e, x, "gradient sink inside a fixed-point loop");
         break;
       }
+      if (segmax > 0 && ++segn > segmax) {
+        cut(e, i, last, need, train);
+        segn = 1;
+      }
       e->scope = NULL;
       new_scope(e);
       rc = emit_sink(e, x);
@@ -1386,6 +1506,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     if (!x->batch || !live[i]) continue;
     if (x->op == IR_INPUT && x->i0 == 2) {
       rc = noise_input(e, x, train, v);
+      v->kind = NV_NOISE;
       continue;
     }
     if (x->op == IR_INPUT) {
@@ -1395,6 +1516,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
       }
       v->ptr = e->io[x->i0];
       v->stride = x->n;
+      v->kind = NV_INPUT;
       continue;
     }
     int viewable = x->op == IR_SLICE || x->op == IR_STOPGRAD;
@@ -1410,6 +1532,9 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
         v->stride = a->stride;
         v->lo = a->lo;
         v->hi = a->hi;
+        v->kind = NV_VIEW;
+        v->src = x->args[0]->id;
+        v->col = lo;
         continue;
       }
       rc = efail(e, x, "batch node without a scratch buffer");
@@ -1420,7 +1545,12 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
                  g->scratch);
       break;
     }
+    if (segmax > 0 && !e->nopen && ++segn > segmax) {
+      cut(e, i, last, need, train);
+      segn = 1;
+    }
     v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile));
+    v->kind = NV_SCRATCH;
     v->stride = x->n;
     v->lo = x->offset;
     v->hi = x->offset + x->n;
@@ -1450,17 +1580,28 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     rc = efail(e, g->nodes[e->open[e->nopen - 1]], "fixed-point loop without its end");
   for (int k = 0; k < g->nouts && !rc; k++) rc = emit_output(e, k);
   if (!rc) LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
+  if (!rc && e->KB) LLVMBuildRet(e->KB, LLVMConstInt(e->i32, 0, 0));
 done:
+  if (e->KB) LLVMDisposeBuilder(e->KB);
+  e->KB = NULL;
+  free(need);
   free(live);
   free(last);
   free(e->v);
   e->v = NULL;
   free(e->open);
   e->open = NULL;
-  free(av);
+  free(e->av);
+  e->av = NULL;
   if (rc) { /* leave no half-built function behind */
     LLVMClearInsertionPosition(e->B);
-    LLVMDeleteFunction(e->fn);
+    for (int k = e->nseg; k >= 1; k--) {
+      char sn[300];
+      snprintf(sn, sizeof sn, "%s.seg%d", name, k);
+      LLVMValueRef f = LLVMGetNamedFunction(e->M, sn);
+      if (f) LLVMDeleteFunction(f);
+    }
+    LLVMDeleteFunction(e->kfn);
   }
   return rc;
 }

@@ -6,6 +6,7 @@
 */
 #include "ir.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -449,6 +450,10 @@ static void sink(const ir_program *p, const ir_node *x, const val *V, long R, do
       g[all ? 0 : j] += a->v[r * a->n + j] * (b ? b->v[r * b->n + j] : 1);
 }
 
+/* A coordinate has settled when it moves by less than tol, or by less than
+** two float32 steps at its size: float32 code cannot resolve finer. */
+static double fix_tol(double tol, double y) { return fmax(tol, 2 * FLT_EPSILON * fabs(y)); }
+
 /*
 ** The end of a fixed-point loop after `done` runs of its body: rows that
 ** moved by tol or more take ynew as their next y; the others keep y, so
@@ -460,12 +465,12 @@ static int fix_next(const ir_node *x, val *V, int done) {
   const val *yn = &V[x->args[1]->id];
   long moving = 0;
   for (long r = 0; r < y->rows; r++) {
-    double ch = 0;
+    int move = 0;
     for (long j = 0; j < y->n; j++) {
       double d = fabs(yn->v[r * y->n + j] - y->v[r * y->n + j]);
-      if (!(d < ch)) ch = d;      /* NaN counts as moving */
+      move |= !(d < fix_tol(x->f0, y->v[r * y->n + j]));   /* NaN counts as moving */
     }
-    if (!(ch < x->f0)) {
+    if (move) {
       moving++;
       memcpy(&y->v[r * y->n], &yn->v[r * y->n], (size_t)y->n * sizeof(double));
     }

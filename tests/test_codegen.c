@@ -1236,3 +1236,54 @@ Test(codegen, jit_entry_mask) {
   cg_jit_free(j);
   free_prog(&t);
 }
+
+/* FLOWC_SEG_NODES=2: kernels cut into segments (internal functions, called
+** in order) every two nodes compute what the one-function kernels do: the
+** pointers of live values, views and inputs are rebuilt in each segment */
+Test(codegen, segments) {
+  setenv("FLOWC_SEG_NODES", "2", 1);
+  tprog t;
+  make_prog(&t, "mlp", 4, 2, 6, mlp_params, build_mlp, 2, 0.7);
+  for (int opt = 0; opt <= 2; opt += 2)
+    for (int e = 0; e < RT_NENTRY; e++)
+      if (t.p->entry[e]) check_prog(&t, opt, e, 1.0, 1e-5, "segments");
+  char err[512], path[256];
+  snprintf(path, sizeof path, "%s/seg.ll", tu_tmpdir());
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
+  fclose(f);
+  char *s = tu_read_file(path, NULL);
+  cr_assert(s && strstr(s, ".seg1(ptr"), "no segment functions");
+  free(s);
+  free_prog(&t);
+  for (uint64_t seed = 0; seed < 4; seed++) {
+    mg_rng r = {seed + 300};
+    tprog m = {0};
+    m.A = ir_arena_new();
+    ir_model *mo = mg_model(m.A, &r, 3 + (int)(seed % 3), seed % 2 ? 2 : 0, 4, NULL);
+    m.p = ir_lower(m.A, mo, err, sizeof err);
+    cr_assert(m.p, "%s", err);
+    m.params = mg_params(m.A, &r, m.p, 0.8);
+    cr_assert_eq(pass_autodiff(m.p), 0);
+    cr_assert_eq(pass_pipeline(m.p, 2, NULL, NULL), 0);
+    rt_desc *d = cg_desc_err(m.p, err, sizeof err);
+    cr_assert(d, "%s", err);
+    cg_jit *j = cg_jit_new(m.p, 2, err, sizeof err);
+    cr_assert(j, "%s", err);
+    rt_kernel ks[RT_NENTRY];
+    cg_jit_kernels(j, ks);
+    rt_weights w = {m.p->nparams, m.params, 0};
+    rt_model *rm = rt_model_open(d, ks, &w, 1, err, sizeof err);
+    cr_assert(rm, "%s", err);
+    m.train_prep = rt_model_prep(rm, RT_NENTRY);
+    double tol = 1e-4;
+    for (int k = 0; k < mo->nlayers; k++) if (mo->layers[k].kind == LAYER_IAF) tol = 1e-3;
+    check_train_jit(&m, j, 2, 1, tol, "segmented train kernel");
+    rt_model_close(rm);
+    cg_jit_free(j);
+    rt_desc_free(d);
+    free_prog(&m);
+  }
+  unsetenv("FLOWC_SEG_NODES");
+}

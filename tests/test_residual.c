@@ -57,8 +57,9 @@ Test(residual, decode_inverts_encode) {
     char err[256];
     cr_assert_eq(run(p, IR_ENTRY_DECODE_LD, w, 5, z, c, x, ldz, err), 0, "%s", err);
     cr_assert_eq(run(p, IR_ENTRY_ENCODE_LD, w, 5, x, c, z2, ldx, err), 0, "%s", err);
-    for (int i = 0; i < 15; i++) cr_assert(fabs(z2[i] - z[i]) < 1e-9, "z %g vs %g", z2[i], z[i]);
-    for (int i = 0; i < 5; i++) cr_assert(fabs(ldx[i] + ldz[i]) < 1e-9);
+    /* the loop stops within two float32 steps (docs/choices.md), c = 0.9 */
+    for (int i = 0; i < 15; i++) cr_assert(fabs(z2[i] - z[i]) < 1e-5, "z %g vs %g", z2[i], z[i]);
+    for (int i = 0; i < 5; i++) cr_assert(fabs(ldx[i] + ldz[i]) < 1e-5);
     double moved = 0;
     for (int i = 0; i < 15; i++) moved += fabs(x[i] - z[i]);
     cr_assert(moved > 0.1, "the layers must do something");

@@ -74,6 +74,15 @@ Test(residual_cli, trains_samples_and_inverts, .timeout = 600) {
   cr_assert(tu_max_rel_err(b.data, a.data, (size_t)(a.rows * 2)) < 1e-4, "decode(encode(x))");
   rt_array_free(&a);
   rt_array_free(&b);
+
+  /* far out (|z| ~ 100), float32 resolves 8e-6 > tol = 1e-5: still settles */
+  a = load(z);
+  for (long i = 0; i < a.rows * 2; i++) a.data[i] *= 60;
+  long shape[2] = {a.rows, 2};
+  char err[256];
+  cr_assert_eq(rt_npy_save(z, a.data, 2, shape, err, sizeof err), 0, "%s", err);
+  rt_array_free(&a);
+  flowc_ok("decode far", "decode " EX "residual.flow -w %s --data %s -o %s%s", w, z, xr, "");
 }
 
 Test(residual_cli, no_convergence_is_reported) {
