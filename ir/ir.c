@@ -314,12 +314,12 @@ ir_node *ir_logdet(ir_graph *g, ir_node *a, int D) {
   return x;
 }
 
-ir_node *ir_logdet_grad(ir_graph *g, ir_node *a, ir_node *gd) {
-  assert(a->batch && gd->batch && gd->n == 1);
+ir_node *ir_logdet_grad(ir_graph *g, ir_node *a, ir_node *gd, int D) {
+  assert(a->batch && gd->batch && gd->n == 1 && a->n == D * D);
   ir_node *x = add(g, IR_LOGDET_GRAD, 1, 1, a->n);
   arg(x, a);
   arg(x, gd);
-  for (x->i0 = 0; x->i0 * x->i0 < a->n; x->i0++) {}
+  x->i0 = D;
   return x;
 }
 

@@ -218,7 +218,7 @@ ir_node *ir_pgather(ir_graph *g, ir_node *W, int rows, const int *ridx, int n, c
 ir_node *ir_specnorm(ir_graph *g, ir_node *W, ir_node *u, double lipschitz);
 ir_node *ir_d2act(ir_graph *g, ir_op unary, ir_node *x);
 ir_node *ir_logdet(ir_graph *g, ir_node *x, int D);
-ir_node *ir_logdet_grad(ir_graph *g, ir_node *x, ir_node *gd);
+ir_node *ir_logdet_grad(ir_graph *g, ir_node *x, ir_node *gd, int D);
 ir_node *ir_stopgrad(ir_graph *g, ir_node *x);
 ir_node *ir_fix_begin(ir_graph *g, ir_node *u, int layer);
 ir_node *ir_fix_end(ir_graph *g, ir_node *y, ir_node *ynew, int iters, double tol, int layer);

@@ -119,7 +119,7 @@ static void back(ad *a, ir_node *x, ir_node *G) {
   case IR_DACT:   /* residual layers' Jacobians use f' */
     add_grad(a, u, ir_binary(g, IR_MUL, G, ir_d2act(g, (ir_op)x->i0, u)));
     break;
-  case IR_LOGDET: add_grad(a, u, ir_logdet_grad(g, u, G)); break;
+  case IR_LOGDET: add_grad(a, u, ir_logdet_grad(g, u, G, x->i0)); break;
   case IR_STOPGRAD: break;
   default: break;   /* inputs; other backward ops occur only under a STOPGRAD */
   }

@@ -188,17 +188,6 @@ static int alloc_weights(rt_weights *w, int n) {
   return w->data ? 0 : -1;
 }
 
-/* A missing sn_u (or best.sn_u): its initial value into *out. */
-static int fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
-                      size_t errlen) {
-  size_t n = rt_param_numel(&d->params[i]);
-  float *u = malloc((n ? n : 1) * sizeof(float));
-  if (!u) return rt_errf(err, errlen, "%s: out of memory", what);
-  rt_sn_u_init(d, i, u);
-  *out = u;
-  return 0;
-}
-
 static int load_all(const rt_desc *d, const rt_st *st, const char *what, const found *f,
                     rt_weights *w, rt_optim *o, rt_train_state *s, char *err, size_t errlen) {
   int P = d->nparams, any_best = 0;
@@ -213,7 +202,7 @@ static int load_all(const rt_desc *d, const rt_st *st, const char *what, const f
       int need = kind == K_PARAM || (kind == K_BEST && any_best) || mom;
       int k = f->at[kind][i];
       if (k < 0 && need && d->params[i].init == RT_INIT_SN_U && (kind == K_PARAM || kind == K_BEST)) {
-        if (fresh_sn_u(d, i, what, kind == K_PARAM ? &w->data[i] : &s->best.data[i], err, errlen))
+        if (rt_weights_fresh_sn_u(d, i, what, kind == K_PARAM ? &w->data[i] : &s->best.data[i], err, errlen))
           return -1;
         continue;
       }

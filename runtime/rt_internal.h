@@ -98,6 +98,9 @@ float rt_bf16_to_float(uint16_t h);
 /* Checks tensor t against param p (shape, dtype, perm) and stores a
 ** malloc'd copy converted to p's dtype in *out (rt_weights.c). The
 ** messages call the tensor by p's name. */
+/* A missing sn_u (flow-language.md 6: optional): its initial value, malloc'd. */
+int rt_weights_fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
+                          size_t errlen);
 int rt_weights_take(const rt_param_desc *p, const rt_st_entry *t, const char *what,
                     void **out, char *err, size_t errlen);
 

@@ -116,7 +116,7 @@ int rt_weights_take(const rt_param_desc *p, const rt_st_entry *t, const char *wh
 }
 
 /* An sn_u the file does not have: its initial value (rt_init.c). */
-static int fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
+int rt_weights_fresh_sn_u(const rt_desc *d, int i, const char *what, void **out, char *err,
                       size_t errlen) {
   size_t n = rt_param_numel(&d->params[i]);
   float *u = malloc((n ? n : 1) * sizeof(float));
@@ -165,7 +165,7 @@ static int match(const rt_desc *d, const rt_st *st, const char *what, rt_weights
   }
   for (int i = 0; i < np && !rc; i++)
     rc = where[i] >= 0 ? take(&d->params[i], &st->t[where[i]], what, &w->data[i], err, errlen)
-                       : fresh_sn_u(d, i, what, &w->data[i], err, errlen);
+                       : rt_weights_fresh_sn_u(d, i, what, &w->data[i], err, errlen);
   free(names);
   free(where);
   return rc;

@@ -300,7 +300,7 @@ static void build_logdet(ir_graph *g, ir_program *p, int e) {
   int DD = g_D * g_D;
   ir_node *x = ir_input(g, 0, DD + 2);
   ir_node *X = ir_slice(g, x, 1, DD), *gs = ir_slice(g, x, DD + 1, 1);
-  if (e == RT_ENCODE || e == RT_ENCODE_LD) ir_output(g, ir_logdet_grad(g, X, gs));
+  if (e == RT_ENCODE || e == RT_ENCODE_LD) ir_output(g, ir_logdet_grad(g, X, gs, g_D));
   else ir_output(g, ir_logdet(g, X, g_D));
   if (e == RT_ENCODE_LD || e == RT_DECODE_LD) ir_output(g, ir_logdet(g, X, g_D));
 }
