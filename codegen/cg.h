@@ -29,6 +29,11 @@ typedef struct cg_jit cg_jit;
 ** and the operands' rows are contiguous; smaller ones are inline loops
 ** with constant trip counts. */
 #define CG_GEMM_MIN_SIZE (64 * 64)
+/* ... and those with in*out >= CG_GEMV_MIN_SIZE (a weight of 1 MB) call it
+** for any number of rows (sgemv below 4 rows): the inline loops are slower
+** on a weight that streams from L3 (pi0's head, batch-1 sampling, one
+** thread: 24 -> 21 ms; two threads 15 ms). */
+#define CG_GEMV_MIN_SIZE (512 * 512)
 #define CG_GEMM_MIN_ROWS 16
 
 /* Rows per kernel call chosen for p: 64, halved while tile * scratch floats

@@ -6,8 +6,13 @@
 ** parameter-class nodes with node->prep >= 0, in prep order; an argument is an IR_PARAM (its parameter index) or an
 ** earlier prep node (nparams + its prep index). IR_SPECNORM is mode 1 (one
 ** power step that advances sn_u) in the train graph's program only, mode
-** 0 (to convergence, u read only) in the entries'. The train graph's
-** noise layout (ir_program.noise) is copied into desc->noise.
+** 0 (to convergence, u read only) in the entries'. A param-class
+** IR_LINEAR (a cnf's time columns, x W^T + b) is RT_PREP_LINEAR; the
+** argument-less IR_TEMB (the table of the times t0 + r dt) is RT_PREP_TEMB
+** with f = t0, f2 = dt, iargs[0] = its kind. IR_TRACE_COEF (the
+** coefficients of a cnf's fused exact trace) is RT_PREP_TRACE_COEF with
+** iargs[0] = D (its i0). The train graph's noise layout
+** (ir_program.noise) is copied into desc->noise.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
@@ -30,6 +35,9 @@ static int prep_op(ir_op op, rt_prep_op *out) {
   case IR_MADE_MASK: *out = RT_PREP_MADE_MASK; return 0;
   case IR_SPECNORM: *out = RT_PREP_SPECNORM; return 0;
   case IR_PGATHER: *out = RT_PREP_GATHER; return 0;
+  case IR_LINEAR: *out = RT_PREP_LINEAR; return 0;
+  case IR_TEMB: *out = RT_PREP_TEMB; return 0;
+  case IR_TRACE_COEF: *out = RT_PREP_TRACE_COEF; return 0;
   default: return -1;
   }
 }
@@ -73,7 +81,7 @@ static int entry_desc(const ir_program *p, int ent, rt_desc *D, char *err, size_
     }
     seen[x->prep] = 1;
     rt_prep *r = &d->prep[x->prep];
-    if (prep_op(x->op, &r->op)) {
+    if (prep_op(x->op, &r->op) || (x->op == IR_TEMB && x->nargs != 0)) {
       rc = cg_fail(err, errlen, "%s: parameter-only %s (node %d) cannot be precomputed", en,
                 ir_op_name(x->op), x->id);
       break;
@@ -83,6 +91,12 @@ static int entry_desc(const ir_program *p, int ent, rt_desc *D, char *err, size_
     r->n = x->n;
     r->f = x->op == IR_CONST || x->op == IR_SPECNORM ? x->f0 : 0;
     if (x->op == IR_SPECNORM) r->iargs[0] = ent == RT_NENTRY;   /* lipschitz; mode */
+    if (x->op == IR_TEMB) {
+      r->f = x->f0;           /* t0, dt, kind: see rt_temb.h */
+      r->f2 = x->f1;
+      r->iargs[0] = x->i1;
+    }
+    if (x->op == IR_TRACE_COEF) r->iargs[0] = x->i0;   /* D */
     if (x->op == IR_PGATHER && (r->iargs[0] = pool_add(D, x)) < 0) {
       rc = cg_fail(err, errlen, "out of memory");
       break;
@@ -132,10 +146,17 @@ static int noise_desc(const ir_program *p, rt_desc *d) {
   for (int k = 0; k < p->nnoise; k++) {
     const ir_noise *s = &p->noise[k];
     rt_noise *t = &d->noise[k];
-    t->kind = s->kind == IR_NOISE_ROULETTE ? RT_NOISE_ROULETTE : RT_NOISE_RADEMACHER;
+    switch (s->kind) {
+    case IR_NOISE_ROULETTE: t->kind = RT_NOISE_ROULETTE; break;
+    case IR_NOISE_GAUSS: t->kind = RT_NOISE_GAUSS; break;
+    case IR_NOISE_BETA: t->kind = RT_NOISE_BETA; break;
+    default: t->kind = RT_NOISE_RADEMACHER; break;
+    }
     t->n = s->n;
     t->terms = t->kind == RT_NOISE_ROULETTE ? s->terms : 0;
     t->p = t->kind == RT_NOISE_ROULETTE ? s->p : 0;
+    t->a = t->kind == RT_NOISE_BETA ? s->a : 0;
+    t->b = t->kind == RT_NOISE_BETA ? s->b : 0;
   }
   return 0;
 }

@@ -31,6 +31,8 @@
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
+#include "rt_ode.h"
+#include "rt_temb.h"
 
 #include <llvm-c/Analysis.h>
 #include <llvm-c/DebugInfo.h>
@@ -55,6 +57,8 @@ static const cg_extern_sym externs[] = {
   {"rt_k_gemm_nn", (void *)rt_k_gemm_nn},
   {"rt_k_gemm_tn_acc", (void *)rt_k_gemm_tn_acc},
   {"rt_k_logdet", (void *)rt_k_logdet},
+  {"rt_k_sde_noise", (void *)rt_k_sde_noise},
+  {"rt_k_ode_ctrl", (void *)rt_k_ode_ctrl},
   {"rt_k_logdet_grad", (void *)rt_k_logdet_grad},
   {"expf", (void *)expf},
   {"expm1f", (void *)expm1f},
@@ -62,6 +66,8 @@ static const cg_extern_sym externs[] = {
   {"log1pf", (void *)log1pf},
   {"tanhf", (void *)tanhf},
   {"erff", (void *)erff},
+  {"sin", (void *)sin},
+  {"cos", (void *)cos},
   /* what LLVM may introduce by itself (loop idioms, libcall folding) */
   {"memcpy", (void *)memcpy},
   {"memmove", (void *)memmove},
@@ -455,8 +461,26 @@ static int efail(E *e, const ir_node *x, const char *fmt, ...) {
               x ? ir_op_name(x->op) : "?", msg);
 }
 
+static LLVMValueRef pptr(E *e, const ir_node *x);
+
+/* IR_LOOP_ROW: row `runs so far` of its table, inside the loop's body. */
+static LLVMValueRef loop_row_ptr(E *e, const ir_node *x) {
+  const ir_node *t = x->args[0], *l = x->args[1];
+  LLVMValueRef base = pptr(e, t);
+  if (!base) return NULL;
+  if (l->op != IR_FIX_BEGIN || !e->v[l->id].head || t->n != x->n) {
+    efail(e, x, "a loop row read outside its loop");
+    return NULL;
+  }
+  LLVMValueRef it = LLVMBuildLoad2(e->B, e->i64, e->v[l->id].iter, "");
+  LLVMValueRef last = ci(e, t->rows - 1);   /* the table has a row per run */
+  it = sel(e, LLVMBuildICmp(e->B, LLVMIntSLT, it, last, ""), it, last);
+  return gepf(e, base, imul(e, it, ci(e, x->n)));
+}
+
 /* float* of a parameter-class node (not IR_CONST); NULL + err */
 static LLVMValueRef pptr(E *e, const ir_node *x) {
+  if (x->op == IR_LOOP_ROW) return loop_row_ptr(e, x);
   if (x->op == IR_PARAM) {
     if (x->i0 < 0 || x->i0 >= e->P) {
       efail(e, x, "parameter index %d out of range", x->i0);
@@ -582,12 +606,12 @@ static int is_gemm(E *e, int m, int n, const ir_node *a, const ir_node *b) {
 ** the else branch, for the inline loops, and returns the join block that
 ** gemm_join closes the branch with. fn returns void; its parameter types
 ** are those of args. */
-static LLVMBasicBlockRef gemm_call(E *e, const char *fn, LLVMValueRef *args, int nargs) {
+static LLVMBasicBlockRef gemm_call_rows(E *e, const char *fn, LLVMValueRef *args, int nargs,
+                                        int minrows) {
   LLVMBasicBlockRef big = LLVMAppendBasicBlockInContext(e->C, e->fn, "gemm");
   LLVMBasicBlockRef small = LLVMAppendBasicBlockInContext(e->C, e->fn, "loops");
   LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
-  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, CG_GEMM_MIN_ROWS), ""),
-                  big, small);
+  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, minrows), ""), big, small);
   LLVMPositionBuilderAtEnd(e->B, big);
   LLVMTypeRef pt[8];
   for (int i = 0; i < nargs; i++) pt[i] = LLVMTypeOf(args[i]);
@@ -596,6 +620,10 @@ static LLVMBasicBlockRef gemm_call(E *e, const char *fn, LLVMValueRef *args, int
   LLVMBuildBr(e->B, join);
   LLVMPositionBuilderAtEnd(e->B, small);
   return join;
+}
+
+static LLVMBasicBlockRef gemm_call(E *e, const char *fn, LLVMValueRef *args, int nargs) {
+  return gemm_call_rows(e, fn, args, nargs, CG_GEMM_MIN_ROWS);
 }
 
 static void gemm_join(E *e, LLVMBasicBlockRef join) {
@@ -651,7 +679,8 @@ static int emit_linear(E *e, const ir_node *x) {
   if (is_gemm(e, in->n, x->n, in, NULL) && (!b || (b->op != IR_CONST && b->n == x->n))) {
     LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
                           b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
-    join = gemm_call(e, "rt_k_gemm", av, 7);
+    long size = (long)x->n * in->n;   /* a weight beyond L2: BLAS's streaming wins at any rows */
+    join = gemm_call_rows(e, "rt_k_gemm", av, 7, size >= CG_GEMV_MIN_SIZE ? 1 : CG_GEMM_MIN_ROWS);
   }
   emit_linear_inline(e, x, in, W, b);
   gemm_join(e, join);
@@ -800,6 +829,33 @@ static int emit_rowsum(E *e, const ir_node *x) {
     loop_end(e, &Cl);
   }
   stf(e, LLVMBuildLoad2(e->B, e->f32, e->acc, ""), dst(e, x, R.iv, ci(e, 0)));
+  loop_end(e, &R);
+  return 0;
+}
+
+/* IR_TEMB of a batch t [B,1]: [t], or sin(w_k t) .. cos(w_k t) in double
+** (w_k t reaches 1600 rad; float would lose 1e-4 of it). */
+static int emit_temb(E *e, const ir_node *x) {
+  const ir_node *a = x->args[0];
+  if (x->nargs != 1 || !a->batch || a->n != 1 || (x->i1 ? x->n < 4 || x->n % 2 : x->n != 1))
+    return efail(e, x, "time embedding of width %d", x->n);
+  if (check_disjoint(e, x)) return -1;
+  LLVMTypeRef f64 = LLVMDoubleTypeInContext(e->C);
+  LLVMTypeRef ty = LLVMFunctionType(f64, &f64, 1, 0);
+  loop R;
+  loop_begin(e, &R, e->nrows);
+  LLVMValueRef t = get(e, a, R.iv, ci(e, 0));
+  if (!x->i1) {
+    stf(e, t, dst(e, x, R.iv, ci(e, 0)));
+  } else {
+    LLVMValueRef td = LLVMBuildFPExt(e->B, t, f64, "");
+    int half = x->n / 2;
+    for (int k = 0; k < x->n; k++) {
+      LLVMValueRef arg = LLVMBuildFMul(e->B, td, LLVMConstReal(f64, rt_temb_freq(k % half, half)), "");
+      LLVMValueRef r = LLVMBuildCall2(e->B, ty, ext_fn(e, k < half ? "sin" : "cos", ty, 1), &arg, 1, "");
+      stf(e, LLVMBuildFPTrunc(e->B, r, e->f32, ""), dst(e, x, R.iv, ci(e, k)));
+    }
+  }
   loop_end(e, &R);
   return 0;
 }
@@ -967,6 +1023,44 @@ static int emit_logdet(E *e, const ir_node *x) {
   return 0;
 }
 
+/* IR_ODE_CTRL: rt_k_ode_ctrl per row (rows of a view are contiguous). */
+static int emit_ode_ctrl(E *e, const ir_node *x) {
+  const ir_node *s = x->args[0], *y5 = x->args[1], *er = x->args[2];
+  int n = y5->n;
+  if (!s->batch || !y5->batch || !er->batch || er->n != n || s->n != n + 2 || x->n != n + 2)
+    return efail(e, x, "state %d, y5 %d, err %d", s->n, y5->n, er->n);
+  if (n > RT_K_ODE_MAX) return efail(e, x, "a state of %d values (at most %d)", n, RT_K_ODE_MAX);
+  if (check_disjoint(e, x)) return -1;
+  LLVMTypeRef pt[8] = {e->ptr, e->ptr, e->ptr, e->i64, e->f32, e->f32, e->f32, e->ptr};
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 8, 0);
+  LLVMValueRef f = ext_fn(e, "rt_k_ode_ctrl", ty, 0);
+  loop R;
+  loop_begin(e, &R, e->nrows);
+  LLVMValueRef av[8] = {dst(e, s, R.iv, ci(e, 0)), dst(e, y5, R.iv, ci(e, 0)),
+                        dst(e, er, R.iv, ci(e, 0)), ci(e, n), cf(e, x->f0), cf(e, x->f1),
+                        cf(e, x->i0), dst(e, x, R.iv, ci(e, 0))};
+  LLVMBuildCall2(e->B, ty, f, av, 8, "");
+  loop_end(e, &R);
+  return 0;
+}
+
+/* IR_SDE_NOISE: one call for the tile, at the loop's current run. */
+static int emit_sde_noise(E *e, const ir_node *x) {
+  const ir_node *k = x->args[0], *l = x->args[1];
+  if (k->op != IR_INPUT || !k->batch || l->op != IR_FIX_BEGIN || !e->v[l->id].head)
+    return efail(e, x, "noise outside its loop or without an input row");
+  if (check_disjoint(e, x)) return -1;
+  LLVMTypeRef pt[9] = {e->ptr, e->i64, e->i64, e->i64, e->i64, e->i64, e->i64, e->ptr, e->i64};
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 9, 0);
+  LLVMValueRef f = ext_fn(e, "rt_k_sde_noise", ty, 0);
+  nval *kv = &e->v[k->id];
+  LLVMValueRef av[9] = {kv->ptr, ci(e, kv->stride), ci(e, k->n), e->nrows, ci(e, x->n),
+                        LLVMBuildLoad2(e->B, e->i64, e->v[l->id].iter, ""), ci(e, x->i0),
+                        dst(e, x, ci(e, 0), ci(e, 0)), ci(e, e->v[x->id].stride)};
+  LLVMBuildCall2(e->B, ty, f, av, 9, "");
+  return 0;
+}
+
 /* Per row, rt_k_logdet_grad writes g (I + X)^-T straight into the result. */
 static int emit_logdet_grad(E *e, const ir_node *x) {
   if (x->nargs != 2) return efail(e, x, "with %d arguments", x->nargs);
@@ -1028,10 +1122,12 @@ static void fix_rows(E *e, const ir_node *x, const ir_node *y, const ir_node *yn
   loop_begin(e, &Cl, ci(e, x->n));
   LLVMValueRef yv = get(e, y, R.iv, Cl.iv);
   LLVMValueRef d = fabs_(e, f_sub(e, get(e, yn, R.iv, Cl.iv), yv));
-  /* settled below tol, or below two float steps at y's size (interp.c fix_tol) */
+  /* settled below tol, or below two float steps at y's size (interp.c fix_tol);
+     exact mode (i2 = 2): only when unchanged */
   LLVMValueRef fl = f_mul(e, fabs_(e, yv), cf(e, 2 * FLT_EPSILON));
   LLVMValueRef thr = sel(e, fcmp(e, LLVMRealOGT, fl, cf(e, x->f0)), fl, cf(e, x->f0));
-  LLVMValueRef bad = LLVMBuildZExt(e->B, fcmp(e, LLVMRealUGE, d, thr), e->i64, "");
+  LLVMValueRef far = x->i2 == 2 ? fcmp(e, LLVMRealUNE, d, cf(e, 0)) : fcmp(e, LLVMRealUGE, d, thr);
+  LLVMValueRef bad = LLVMBuildZExt(e->B, far, e->i64, "");
   LLVMValueRef rb = LLVMBuildLoad2(e->B, e->i64, e->rowbad, "");
   LLVMBuildStore(e->B, LLVMBuildOr(e->B, rb, bad, ""), e->rowbad);
   loop_end(e, &Cl);
@@ -1043,6 +1139,23 @@ static void fix_rows(E *e, const ir_node *x, const ir_node *y, const ir_node *yn
   stf(e, sel(e, mv, get(e, yn, R.iv, Cl.iv), ldf(e, p)), p);
   loop_end(e, &Cl);
   loop_end(e, &R);
+}
+
+/* A counted loop's end: y = ynew for every row; again while fewer than
+** i0 runs are done; the result is the last ynew. */
+static int loop_end_counted(E *e, const ir_node *x) {
+  const ir_node *y = x->args[0], *yn = x->args[1];
+  nval *v = &e->v[y->id];
+  copy_cols(e, yn, 0, y);
+  LLVMValueRef it = iadd(e, LLVMBuildLoad2(e->B, e->i64, v->iter, ""), ci(e, 1));
+  LLVMBuildStore(e->B, it, v->iter);
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->C, e->fn, "loop.done");
+  LLVMBuildCondBr(e->B, LLVMBuildICmp(e->B, LLVMIntSLT, it, ci(e, x->i0), ""), v->head, done);
+  LLVMPositionBuilderAtEnd(e->B, done);
+  v->head = NULL;
+  e->nopen--;
+  copy_cols(e, yn, 0, x);
+  return 0;
 }
 
 /* Closes the innermost loop: back to its head while rows move and fewer
@@ -1057,6 +1170,7 @@ static int emit_fix_end(E *e, const ir_node *x) {
     return efail(e, x, "widths y %d, ynew %d, result %d", y->n, yn->n, x->n);
   if (check_disjoint(e, x)) return -1;
   e->scope = NULL; /* y is read and written */
+  if (x->i2 == 1) return loop_end_counted(e, x);
   if (!e->moving) {
     e->moving = entry_alloca(e, e->i64, "moving");
     e->rowbad = entry_alloca(e, e->i64, "rowbad");
@@ -1577,6 +1691,9 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     case IR_STOPGRAD: rc = emit_copy(e, x); break;
     case IR_FIX_BEGIN: rc = emit_fix_begin(e, x); break;
     case IR_FIX_END: rc = emit_fix_end(e, x); break;
+    case IR_TEMB: rc = emit_temb(e, x); break;
+    case IR_SDE_NOISE: rc = emit_sde_noise(e, x); break;
+    case IR_ODE_CTRL: rc = emit_ode_ctrl(e, x); break;
     default: rc = efail(e, x, "not a batch operation"); break;
     }
   }

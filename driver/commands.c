@@ -43,6 +43,24 @@ static void print_layer(int k, const ir_layer *L) {
     else printf("exact");
     printf(", iters = %d, tol = %g)", L->iters, L->tol);
     break;
+  case LAYER_CNF: case LAYER_SDE: {
+    static const char *const solvers[] = {"euler", "heun", "rk4", "dopri5"};
+    printf(L->kind == LAYER_CNF ? "(net = " : "(drift = ");
+    print_net(&L->net);
+    if (L->kind == LAYER_SDE) printf(", diffusion = const(%g), steps = %d", L->sigma, L->steps);
+    if (L->time == TIME_SCALAR) printf(", time = scalar");
+    else printf(", time = sincos(%d)", L->time_k);
+    if (L->kind == LAYER_CNF) {
+      if (L->solver == SOLVER_DOPRI5)
+        printf(", solver = dopri5(rtol = %g, atol = %g, max_steps = %d)", L->rtol, L->atol,
+               L->max_steps);
+      else
+        printf(", solver = %s(steps = %d)", solvers[L->solver], L->steps);
+      printf(", trace = %s", L->hutchinson ? "hutchinson" : "exact");
+    }
+    printf(")");
+    break;
+  }
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) printf("(reverse)");
     else if (L->perm_kind == PERM_RANDOM) printf("(random, seed = %llu)", (unsigned long long)L->perm_seed);

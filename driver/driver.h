@@ -26,7 +26,8 @@ typedef struct drv_opts {
   int have_seed;
   /* train */
   const char *objective, *valid, *valid_context, *schedule, *init, *resume, *checkpoint;
-  const char *optimizer;
+  const char *optimizer, *time_dist;   /* --time-dist uniform | beta(A,B) (objective fm) */
+  const char *context_out;             /* toy: where a conditional set writes its context */
   double lr, clip, weight_decay, valid_fraction;
   long steps, epochs, patience, warmup, eval_every, checkpoint_every, stop_after;
 } drv_opts;

@@ -24,7 +24,9 @@ static const char usage_text[] =
   "           [--warmup N] [--clip G] [--weight-decay W] [--optimizer adam|adamw] [--seed S]\n"
   "           [--init W0] [--patience P] [--eval-every N] [--checkpoint C [--checkpoint-every N]]\n"
   "           [--resume C]\n"
-  "  toy      NAME -n N --seed S -o X.npy  (moons circles 8gaussians checkerboard pinwheel 2spirals)\n"
+  "  toy      NAME -n N --seed S -o X.npy [--context-out C.npy]\n"
+  "           (moons circles 8gaussians checkerboard pinwheel 2spirals tabular8;\n"
+  "           reach: [50, 7] action chunks, needs --context-out for its 512-D context)\n"
   "options: --model NAME  --threads N  -O0..-O3  --context C.npy\n"
   "         --disable PASS[,PASS]  (skip optimisation passes)\n";
 
@@ -52,7 +54,8 @@ static const char **str_opt(drv_opts *o, const char *name) {
     {"--valid", offsetof(drv_opts, valid)}, {"--valid-context", offsetof(drv_opts, valid_context)},
     {"--schedule", offsetof(drv_opts, schedule)}, {"--init", offsetof(drv_opts, init)},
     {"--resume", offsetof(drv_opts, resume)}, {"--checkpoint", offsetof(drv_opts, checkpoint)},
-    {"--optimizer", offsetof(drv_opts, optimizer)},
+    {"--optimizer", offsetof(drv_opts, optimizer)}, {"--time-dist", offsetof(drv_opts, time_dist)},
+    {"--context-out", offsetof(drv_opts, context_out)},
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
     if (strcmp(t[i].name, name) == 0) return (const char **)((char *)o + t[i].off);

@@ -45,7 +45,25 @@ int drv_compile(drv_session *s, const drv_opts *o) {
   return rc ? rc : drv_compile_lowered(s, o);
 }
 
+/* An entry the command needs but the model lacks: its sde layer has no
+** density (ir_lower_entry). */
+static int missing_entry(const drv_session *s, const drv_opts *o) {
+  const ir_model *m = s->model;
+  for (int e = 0; e < IR_NENTRY; e++) {
+    if (s->prog->entry[e] || !(s->entries & CG_ENTRY(e))) continue;   /* 0: what exists */
+    for (int k = 0; k < m->nlayers; k++)
+      if (m->layers[k].kind == LAYER_SDE)
+        return drv_fail("%s: model %s has no density: layer %d (sde, line %d) can only be "
+                        "sampled or decoded, without --logprob or --logdet", o->flow, m->name, k,
+                        m->layers[k].line);
+    return drv_fail("%s: internal: entry %s was not made", o->flow, ir_entry_name((ir_entry)e));
+  }
+  return 0;
+}
+
 int drv_compile_lowered(drv_session *s, const drv_opts *o) {
+  int rc = missing_entry(s, o);
+  if (rc) return rc;
   if (pass_pipeline(s->prog, o->opt, o->disable, NULL))
     return drv_fail("internal: pass pipeline failed");
   char err[512];

@@ -118,8 +118,25 @@ static void make_batch(trainer *t, long s) {
   }
 }
 
-/* Mean -log p over a split, in chunks through the compiled log_prob. */
+/* Flow matching's loss over a split through the train kernel, with noise
+** fixed per split so that evaluations compare. */
+static double mean_fm(trainer *t, const split *sp) {
+  double s = 0;
+  for (long i = 0; i < sp->n; i += 4096) {
+    long k = sp->n - i < 4096 ? sp->n - i : 4096;
+    double l = NAN;
+    rt_model_set_noise(t->s.rt, t->seed ^ 0x76616c6964ull, (uint64_t)(sp == &t->va) << 40 | (uint64_t)i);
+    rt_model_grad(t->s.rt, (size_t)k, sp->x + i * t->D, t->C ? sp->c + i * t->C : NULL, (size_t)k,
+                  &l, NULL);
+    s += l * (double)k;
+  }
+  return s / (double)sp->n;
+}
+
+/* Mean -log p over a split, in chunks through the compiled log_prob (the
+** flow-matching loss under --objective fm). */
 static double mean_nll(trainer *t, const split *sp) {
+  if (t->s.prog->fm) return mean_fm(t, sp);
   float lp[4096];
   double s = 0;
   for (long i = 0; i < sp->n; i += 4096) {
@@ -210,6 +227,29 @@ static int parse_schedule(const char *s, rt_schedule *out) {
   return 0;
 }
 
+/* --time-dist uniform | beta(A,B) */
+static int parse_time_dist(const char *s, double *a, double *b) {
+  char tail;
+  if (!strcmp(s, "uniform")) return *a = *b = 1, 0;
+  if (sscanf(s, " beta ( %lf , %lf )%c", a, b, &tail) != 2) return -1;
+  return *a > 0 && *b > 0 && *a < 1e6 && *b < 1e6 ? 0 : -1;
+}
+
+/* Maximum likelihood needs a density and a solver it can differentiate. */
+static int ml_ok(const ir_model *m) {
+  for (int k = 0; k < m->nlayers; k++) {
+    const ir_layer *L = &m->layers[k];
+    if (L->kind == LAYER_SDE)
+      return drv_fail("%s: layer %d (sde, line %d) has no density: train it with --objective fm",
+                      m->name, k, L->line);
+    if (L->kind == LAYER_CNF && L->solver == SOLVER_DOPRI5)
+      return drv_fail("%s: layer %d (cnf, line %d): maximum likelihood is trained through the "
+                      "solver's steps, which dopri5 does not fix; use euler, heun or rk4, or "
+                      "--objective fm", m->name, k, L->line);
+  }
+  return 0;
+}
+
 /* The seed of a resumed run is the checkpoint's: it fixed the validation
 ** split and the order of the batches. */
 static int pick_seed(trainer *t) {
@@ -239,15 +279,19 @@ static int setup(trainer *t) {
   if (parse_schedule(o->schedule, &cfg.schedule) ||
       (o->optimizer && strcmp(o->optimizer, "adam") && strcmp(o->optimizer, "adamw")))
     return fprintf(stderr, "flowc: --schedule constant|cosine|onecycle, --optimizer adam|adamw\n"), EXIT_USAGE;
-  if (o->objective && strcmp(o->objective, "ml")) {
-    if (!strcmp(o->objective, "fm"))
-      return drv_fail("--objective fm needs a model whose flow is one cnf layer");
+  int fm = o->objective && !strcmp(o->objective, "fm");
+  double ta = 1, tb = 1;
+  if (o->objective && strcmp(o->objective, "ml") && !fm)
     return fprintf(stderr, "flowc: --objective ml|fm\n"), EXIT_USAGE;
-  }
+  if (o->time_dist && (!fm || parse_time_dist(o->time_dist, &ta, &tb)))
+    return fprintf(stderr, "flowc: --time-dist uniform|beta(A,B), with --objective fm\n"),
+           EXIT_USAGE;
   int rc = drv_lower(&t->s, o);
   if (rc) return rc;
   t->D = t->s.model->dim;
   t->C = t->s.model->context;
+  if (fm && ir_use_fm(t->s.prog, ta, tb, err, sizeof err)) return drv_fail("%s", err);
+  if (!fm && (rc = ml_ok(t->s.model))) return rc;
   pass_autodiff(t->s.prog);
   t->s.entries = CG_TRAIN_MASK | CG_ENTRY(RT_LOGPROB);   /* steps; validation */
   if ((rc = drv_compile_lowered(&t->s, o))) return rc;
@@ -352,9 +396,10 @@ static int step(trainer *t, long s, double *loss) {
 static void summary(trainer *t, long done) {
   double el = now_s() - t->t0;
   double tr = mean_nll(t, &t->tr);
-  fprintf(stderr, "trained %ld steps in %.2f s (%.0f samples/s); train NLL %.4f", done, el,
-          el > 0 ? (double)done * (double)t->B / el : 0, tr);
-  if (t->va.n) fprintf(stderr, ", valid NLL %.4f (best %.4f at step %ld)", mean_nll(t, &t->va),
+  const char *what = t->s.prog->fm ? "FM loss" : "NLL";
+  fprintf(stderr, "trained %ld steps in %.2f s (%.0f samples/s); train %s %.4f", done, el,
+          el > 0 ? (double)done * (double)t->B / el : 0, what, tr);
+  if (t->va.n) fprintf(stderr, ", valid %s %.4f (best %.4f at step %ld)", what, mean_nll(t, &t->va),
                        t->st.best_valid, t->best.step);
   fprintf(stderr, "\n");
 }
@@ -418,13 +463,32 @@ int cmd_train(const drv_opts *o) {
 
 int cmd_toy(const drv_opts *o) {
   if (o->n <= 0 || !o->out)
-    return fprintf(stderr, "flowc: toy NAME -n N [--seed S] -o X.npy\n"), EXIT_USAGE;
+    return fprintf(stderr, "flowc: toy NAME -n N [--seed S] -o X.npy [--context-out C.npy]\n"),
+           EXIT_USAGE;
   int dim = rt_toy_dim(o->flow);           /* -1: rt_toy names the valid sets */
-  float *x = dim > 0 ? malloc((size_t)o->n * (size_t)dim * sizeof *x) : NULL;
+  int cdim = rt_toy_context_dim(o->flow);
+  if (cdim > 0 && !o->context_out)
+    return fprintf(stderr, "flowc: toy %s is conditional: give --context-out C.npy for its "
+                   "%d-D context rows\n", o->flow, cdim), EXIT_USAGE;
+  if (cdim == 0 && o->context_out)
+    return fprintf(stderr, "flowc: toy %s has no context: drop --context-out (the conditional "
+                   "set is reach)\n", o->flow), EXIT_USAGE;
   char err[512];
-  long shape[2] = {o->n, dim};
-  int rc = rt_toy(o->flow, o->n, o->seed, x, err, sizeof err) ||
-           rt_npy_save(o->out, x, 2, shape, err, sizeof err);
+  if (dim > 0 && (size_t)o->n > ((size_t)-1 / sizeof(float)) / (size_t)(dim > cdim ? dim : cdim))
+    return drv_fail("toy %s: -n %ld is too many rows", o->flow, o->n);
+  float *x = dim > 0 ? malloc((size_t)o->n * (size_t)dim * sizeof *x) : NULL;
+  float *c = cdim > 0 ? malloc((size_t)o->n * (size_t)cdim * sizeof *c) : NULL;
+  long shape[2] = {o->n, dim}, cshape[2] = {o->n, cdim};
+  int rc;
+  if (dim > 0 && (!x || (cdim > 0 && !c))) {
+    snprintf(err, sizeof err, "toy %s: out of memory for %ld rows", o->flow, o->n);
+    rc = 1;
+  } else {
+    rc = rt_toy_cond(o->flow, o->n, o->seed, x, c, err, sizeof err) ||
+         rt_npy_save(o->out, x, 2, shape, err, sizeof err) ||
+         (c && rt_npy_save(o->context_out, c, 2, cshape, err, sizeof err));
+  }
   free(x);
+  free(c);
   return rc ? drv_fail("%s", err) : 0;
 }

@@ -1,5 +1,5 @@
 /*
-** frontend/sema.c: AST -> checked ir_module (spec sections 2-4 and 9).
+** frontend/sema.c: AST -> checked ir_module (spec sections 2-4, 6, 7 and 9).
 **
 ** Each model is checked item by item; each statement of its flow is checked
 ** once (not once per repetition), giving a tree of checked layers that is
@@ -23,6 +23,7 @@ enum {
   FE_MAX_BINS = 4096,
   FE_MAX_DIMS = 8,              /* entries of a dim list (ir_model.dims) */
   FE_MAX_RESIDUAL_DIM = 64,     /* residual: exact log-det per sample */
+  FE_MAX_STEPS = 1000000,       /* cnf, sde: solver steps, dopri5's max_steps */
 };
 
 typedef struct tmpl {
@@ -97,18 +98,24 @@ static bool want_number(sema *S, const fe_expr *e, const char *what, double *out
 
 /* ---- arguments ---- */
 
+/* How a param may be given; positional params come first. The first
+** argument of sincos and of the solvers may be given either way (section 9). */
+enum { NAMED = 0, POSITIONAL = 1, EITHER = 2 };
+
 typedef struct param {
   const char *name;
-  bool positional;              /* positional only; such params come first */
+  int positional;               /* NAMED (false), POSITIONAL (true) or EITHER */
 } param;
+
+static bool nameable(const param *p) { return p->positional != POSITIONAL; }
 
 /* "a, b or c" */
 static const char *param_list(sema *S, const param *ps, int np, const char *last) {
   const char *s = "";
   int k = 0, nnamed = 0;
-  for (int i = 0; i < np; i++) nnamed += !ps[i].positional;
+  for (int i = 0; i < np; i++) nnamed += nameable(&ps[i]);
   for (int i = 0; i < np; i++) {
-    if (ps[i].positional) continue;
+    if (!nameable(&ps[i])) continue;
     k++;
     s = ir_sprintf(S->A, "%s%s%s", s, k == 1 ? "" : k == nnamed ? last : ", ", ps[i].name);
   }
@@ -146,8 +153,8 @@ static bool bind_args(sema *S, const fe_expr *call, const param *ps, int np,
       continue;
     }
     int k = -1;
-    for (int j = npos; j < np; j++)
-      if (!strcmp(ps[j].name, a->name)) k = j;
+    for (int j = 0; j < np; j++)
+      if (nameable(&ps[j]) && !strcmp(ps[j].name, a->name)) k = j;
     if (k < 0) {
       ERR(S, a->loc, "unknown argument '%s' for '%s'; expected %s", a->name, what,
           param_list(S, ps, np, " or "));
@@ -238,15 +245,21 @@ static const tmpl *find_tmpl(sema *S, const char *name) {
 }
 
 /* `net = NAME`, `net = mlp(...)` or `net = made(...)`: made networks are
-** for maf and iaf (made == true) and only there. */
-static bool net_kind_fits(sema *S, const fe_expr *e, ir_netkind kind, bool made) {
+** for maf and iaf (made == true) and only there. LAYER names a layer that
+** says so itself (cnf, sde); NULL for the general message. */
+static bool net_kind_fits(sema *S, const fe_expr *e, ir_netkind kind, bool made,
+                          const char *layer) {
   if ((kind == NET_MADE) == made) return true;
   if (made) ERR(S, e->loc, "maf and iaf need a made network: net = made(hidden = [...])");
+  else if (layer) ERR(S, e->loc, "%s needs an mlp network, not made (made networks are only "
+                      "for maf and iaf)", layer);
   else ERR(S, e->loc, "made networks are only for maf and iaf");
   return false;
 }
 
-static bool check_net_arg(sema *S, const fe_expr *e, ir_net *out, bool made) {
+/* The network argument named ARG ("net", or sde's "drift"). */
+static bool check_net_value(sema *S, const fe_expr *e, ir_net *out, bool made, const char *arg,
+                            const char *layer) {
   if (e->kind == EXPR_ERROR) return false;
   if (e->kind == EXPR_IDENT) {
     const tmpl *t = find_tmpl(S, e->str);
@@ -257,25 +270,30 @@ static bool check_net_arg(sema *S, const fe_expr *e, ir_net *out, bool made) {
         ERR(S, e->loc, "unknown net '%s'", e->str);
       return false;
     }
-    if (!t->ok || !net_kind_fits(S, e, t->net.kind, made)) return false;
+    if (!t->ok || !net_kind_fits(S, e, t->net.kind, made, layer)) return false;
     *out = t->net;
     return true;
   }
   if (e->kind == EXPR_CALL) {
     ir_netkind kind = !strcmp(e->str, "made") ? NET_MADE : NET_MLP;
-    return net_kind_fits(S, e, kind, made) && check_net_call(S, e, out);
+    return net_kind_fits(S, e, kind, made, layer) && check_net_call(S, e, out);
   }
-  ERR(S, e->loc, "argument 'net' must be a network such as %s(...) or a net name, not %s",
-      made ? "made" : "mlp", describe(S, e));
+  ERR(S, e->loc, "argument '%s' must be a network such as %s(...) or a net name, not %s",
+      arg, made ? "made" : "mlp", describe(S, e));
   return false;
 }
 
-static bool need_net(sema *S, const fe_expr *call, const fe_arg *a, ir_net *out, bool made) {
+static bool need_net_arg(sema *S, const fe_expr *call, const fe_arg *a, ir_net *out, bool made,
+                         const char *arg, const char *layer) {
   if (!a) {
-    ERR(S, call->loc, "missing argument 'net' for '%s'", call->str);
+    ERR(S, call->loc, "missing argument '%s' for '%s'", arg, call->str);
     return false;
   }
-  return check_net_arg(S, a->value, out, made);
+  return check_net_value(S, a->value, out, made, arg, layer);
+}
+
+static bool need_net(sema *S, const fe_expr *call, const fe_arg *a, ir_net *out, bool made) {
+  return need_net_arg(S, call, a, out, made, "net", NULL);
 }
 
 /* ---- layers ---- */
@@ -461,6 +479,175 @@ static bool check_residual(sema *S, const fe_expr *call, ir_layer *L) {
   return ok;
 }
 
+/* ---- continuous flows (section 7, docs/choices.md) ---- */
+
+/* An integer argument NAME in [lo, hi]. */
+static bool int_arg(sema *S, const fe_arg *a, const char *name, int64_t lo, int64_t hi,
+                    int *out) {
+  const fe_expr *e = a->value;
+  int64_t v;
+  if (!want_int(S, e, ir_sprintf(S->A, "argument '%s' must be an integer", name), &v))
+    return false;
+  if (v < lo || v > hi) {
+    ERR(S, e->loc, "%s must be between %lld and %lld, not %s", name, (long long)lo,
+        (long long)hi, e->text);
+    return false;
+  }
+  *out = (int)v;
+  return true;
+}
+
+/* A number argument NAME > 0 (or >= 0 when ZERO). */
+static bool number_arg(sema *S, const fe_arg *a, const char *name, bool zero, double *out) {
+  const fe_expr *e = a->value;
+  double v;
+  if (!want_number(S, e, ir_sprintf(S->A, "argument '%s' must be a number", name), &v))
+    return false;
+  if (zero ? !(v >= 0) : !(v > 0)) {
+    ERR(S, e->loc, "%s must %s, not %s", name, zero ? "not be negative" : "be positive", e->text);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+/* time = scalar | sincos | sincos(K) | sincos(dim = K), K even, 4 <= K. */
+static bool check_time(sema *S, const fe_expr *e, ir_layer *L) {
+  if (e->kind == EXPR_ERROR) return false;
+  const char *name = e->kind == EXPR_IDENT || e->kind == EXPR_CALL ? e->str : "";
+  if (!strcmp(name, "scalar") && e->kind == EXPR_IDENT) {
+    L->time = TIME_SCALAR;
+    L->time_k = 1;
+    return true;
+  }
+  if (strcmp(name, "sincos")) {
+    ERR(S, e->loc, "argument 'time' must be scalar or sincos(K), not %s", describe(S, e));
+    return false;
+  }
+  static const param ps[] = {{"dim", EITHER}};
+  const fe_arg *slot[1] = {NULL};
+  bool ok = e->kind == EXPR_CALL ? bind_args(S, e, ps, 1, slot) : true;
+  L->time = TIME_SINCOS;
+  L->time_k = 32;
+  if (slot[0]) {
+    const fe_expr *k = slot[0]->value;
+    int64_t v;
+    if (!want_int(S, k, "the width of sincos must be an integer", &v)) ok = false;
+    else if (v < 4 || v % 2 || v > FE_MAX_WIDTH)
+      ok = false, ERR(S, k->loc, "the width of sincos must be even and between 4 and %d, not %s",
+                      FE_MAX_WIDTH, k->text);
+    else L->time_k = (int)v;
+  }
+  return ok;
+}
+
+/* solver = euler | heun | rk4 [(steps = N)] | dopri5 [(rtol, atol, max_steps)].
+** The fields of the other kind of solver are left 0. */
+static bool check_solver(sema *S, const fe_expr *e, ir_layer *L) {
+  static const char *const names[] = {"euler", "heun", "rk4", "dopri5"};
+  if (e->kind == EXPR_ERROR) return false;
+  int k = -1;
+  if (e->kind == EXPR_IDENT || e->kind == EXPR_CALL)
+    for (int i = 0; i < 4; i++)
+      if (!strcmp(e->str, names[i])) k = i;
+  if (k < 0) {
+    ERR(S, e->loc, "argument 'solver' must be euler, heun, rk4 or dopri5, not %s",
+        describe(S, e));
+    return false;
+  }
+  bool call = e->kind == EXPR_CALL, ok = true;
+  L->solver = (ir_solver)k;
+  if (L->solver != SOLVER_DOPRI5) {
+    static const param ps[] = {{"steps", EITHER}};
+    const fe_arg *slot[1] = {NULL};
+    if (call) ok = bind_args(S, e, ps, 1, slot);
+    L->steps = 20;
+    L->rtol = L->atol = 0;
+    L->max_steps = 0;
+    if (slot[0]) ok &= int_arg(S, slot[0], "steps", 1, FE_MAX_STEPS, &L->steps);
+    return ok;
+  }
+  static const param ps[] = {{"rtol", EITHER}, {"atol", NAMED}, {"max_steps", NAMED}};
+  const fe_arg *slot[3] = {NULL, NULL, NULL};
+  if (call) ok = bind_args(S, e, ps, 3, slot);
+  L->steps = 0;
+  L->rtol = L->atol = 1e-5;
+  L->max_steps = 1000;
+  if (slot[0]) ok &= number_arg(S, slot[0], "rtol", false, &L->rtol);
+  if (slot[1]) ok &= number_arg(S, slot[1], "atol", false, &L->atol);
+  if (slot[2]) ok &= int_arg(S, slot[2], "max_steps", 1, FE_MAX_STEPS, &L->max_steps);
+  return ok;
+}
+
+static bool check_trace(sema *S, const fe_expr *e, ir_layer *L) {
+  if (e->kind == EXPR_ERROR) return false;
+  if (e->kind == EXPR_IDENT && !strcmp(e->str, "exact")) return L->hutchinson = 0, true;
+  if (e->kind == EXPR_IDENT && !strcmp(e->str, "hutchinson")) return L->hutchinson = 1, true;
+  ERR(S, e->loc, "argument 'trace' must be exact or hutchinson, not %s", describe(S, e));
+  return false;
+}
+
+/* cnf(net = mlp(...), time = sincos(32), solver = rk4(steps = 20), trace = exact) */
+static bool check_cnf(sema *S, const fe_expr *call, ir_layer *L) {
+  static const param ps[] = {{"net", NAMED}, {"time", NAMED}, {"solver", NAMED},
+                             {"trace", NAMED}};
+  const fe_arg *slot[4];
+  bool ok = bind_args(S, call, ps, 4, slot);
+  ok &= need_net_arg(S, call, slot[0], &L->net, false, "net", "cnf");
+  L->time = TIME_SINCOS;
+  L->time_k = 32;
+  L->solver = SOLVER_RK4;
+  L->steps = 20;
+  L->hutchinson = 0;
+  if (slot[1]) ok &= check_time(S, slot[1]->value, L);
+  if (slot[2]) ok &= check_solver(S, slot[2]->value, L);
+  if (slot[3]) ok &= check_trace(S, slot[3]->value, L);
+  return ok;
+}
+
+/* diffusion = const(sigma) | const(sigma = S), S >= 0. */
+static bool check_diffusion(sema *S, const fe_expr *e, ir_layer *L) {
+  if (e->kind == EXPR_ERROR) return false;
+  if (e->kind != EXPR_CALL || strcmp(e->str, "const")) {
+    if (e->kind == EXPR_IDENT && !strcmp(e->str, "const"))
+      ERR(S, e->loc, "'const' needs its value: diffusion = const(sigma)");
+    else
+      ERR(S, e->loc, "argument 'diffusion' must be const(sigma), not %s", describe(S, e));
+    return false;
+  }
+  static const param ps[] = {{"sigma", EITHER}};
+  const fe_arg *slot[1];
+  bool ok = bind_args(S, e, ps, 1, slot);
+  if (!slot[0]) {
+    if (ok) ERR(S, e->loc, "missing argument 'sigma' for 'const'");
+    return false;
+  }
+  return number_arg(S, slot[0], "sigma", true, &L->sigma) && ok;
+}
+
+/* sde(drift = mlp(...), diffusion = const(sigma), steps = 20, time = sincos(32)):
+** Euler-Maruyama on the grid t_n = n / steps. */
+static bool check_sde(sema *S, const fe_expr *call, ir_layer *L) {
+  static const param ps[] = {{"drift", NAMED}, {"diffusion", NAMED}, {"steps", NAMED},
+                             {"time", NAMED}};
+  const fe_arg *slot[4];
+  bool ok = bind_args(S, call, ps, 4, slot);
+  ok &= need_net_arg(S, call, slot[0], &L->net, false, "drift", "sde");
+  L->solver = SOLVER_EULER;
+  L->steps = 20;
+  L->time = TIME_SINCOS;
+  L->time_k = 32;
+  if (!slot[1]) {
+    ERR(S, call->loc, "missing argument 'diffusion' for 'sde'");
+    ok = false;
+  } else {
+    ok &= check_diffusion(S, slot[1]->value, L);
+  }
+  if (slot[2]) ok &= int_arg(S, slot[2], "steps", 1, FE_MAX_STEPS, &L->steps);
+  if (slot[3]) ok &= check_time(S, slot[3]->value, L);
+  return ok;
+}
+
 /* permute([p_0, ...]): a permutation of 0..D-1 when D is known. */
 static bool check_perm_list(sema *S, const fe_expr *e, ir_layer *L) {
   int n = e->items.n;
@@ -561,8 +748,8 @@ static const struct {
   {"maf", LAYER_MAF, check_autoregressive},
   {"iaf", LAYER_IAF, check_autoregressive},
   {"residual", LAYER_RESIDUAL, check_residual},
-  {"cnf", LAYER_COUNT, NULL},
-  {"sde", LAYER_COUNT, NULL},
+  {"cnf", LAYER_CNF, check_cnf},
+  {"sde", LAYER_SDE, check_sde},
 };
 
 static bool check_layer(sema *S, const fe_expr *call, ir_layer *L) {

@@ -31,7 +31,18 @@ static void attrs(FILE *f, const ir_node *x, const ir_program *p) {
   case IR_SPECNORM: fprintf(f, " lipschitz=%g", x->f0); break;
   case IR_LOGDET: fprintf(f, " D=%d", x->i0); break;
   case IR_FIX_BEGIN: fprintf(f, " layer=%d", x->i1); break;
-  case IR_FIX_END: fprintf(f, " iters=%d tol=%g", x->i0, x->f0); break;
+  case IR_FIX_END:
+    if (x->i2 == 1) fprintf(f, " runs=%d", x->i0);
+    else if (x->i2 == 2) fprintf(f, " iters=%d exact", x->i0);
+    else fprintf(f, " iters=%d tol=%g", x->i0, x->f0);
+    break;
+  case IR_SDE_NOISE: fprintf(f, " layer=%d", x->i0); break;
+  case IR_TRACE_COEF: fprintf(f, " D=%d", x->i0); break;
+  case IR_ODE_CTRL: fprintf(f, " rtol=%g atol=%g tend=%d", x->f0, x->f1, x->i0); break;
+  case IR_TEMB:
+    fprintf(f, " %s", x->i1 ? "sincos" : "scalar");
+    if (!x->nargs) fprintf(f, " t0=%.9g dt=%.9g", x->f0, x->f1);
+    break;
   default: break;
   }
 }
@@ -69,7 +80,7 @@ void ir_dump_program(FILE *f, const ir_program *p) {
     fprintf(f, "]\n");
   }
   for (int e = 0; e < IR_NENTRY; e++) {
-    fprintf(f, "entry %s\n", ir_entry_name((ir_entry)e));
-    dump(f, p->entry[e], p);
+    fprintf(f, "entry %s%s\n", ir_entry_name((ir_entry)e), p->entry[e] ? "" : ": none (no density)");
+    if (p->entry[e]) dump(f, p->entry[e], p);
   }
 }

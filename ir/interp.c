@@ -5,6 +5,9 @@
 ** oracle that compiled code and optimisation passes are tested against.
 */
 #include "ir.h"
+#include "rt_ode.h"    /* header only: dopri5's step control, as the runtime's */
+#include "rt_sde.h"    /* header only: an sde's noise, drawn as the runtime draws it */
+#include "rt_temb.h"   /* header only: the time embedding, shared with the runtime */
 
 #include <float.h>
 #include <math.h>
@@ -397,6 +400,27 @@ static void eval(const ir_node *x, val *V, long B) {
     for (long r = 0; r < R; r++)
       for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[x->idx[r] * a->n + x->idx[R + j]];
     break;
+  case IR_TEMB:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++)
+        o->v[r * n + j] = rt_temb_value(x->i1, (int)n, (int)j, a ? a->v[r] : x->f0 + (double)r * x->f1);
+    break;
+  case IR_TRACE_COEF: {   /* ir.h: c_h or Q[k,h] */
+    const val *W0 = a, *W1 = b, *W2 = x->nargs > 2 ? &V[x->args[2]->id] : NULL;
+    for (long k = 0; k < R; k++)
+      for (long h = 0; h < n; h++) {
+        double sum = 0;
+        for (long i = 0; i < x->i0; i++)
+          sum += (W2 ? W2->v[i * W2->n + k] : W1->v[i * W1->n + h]) * W0->v[h * W0->n + i];
+        o->v[k * n + h] = W2 ? W1->v[k * W1->n + h] * sum : sum;
+      }
+    break;
+  }
+  case IR_ODE_CTRL:
+    for (long r = 0; r < R; r++)
+      rt_ode_ctrl(&a->v[r * n], &b->v[r * b->n], &V[x->args[2]->id].v[r * b->n], b->n, x->f0,
+                  x->f1, x->i0, &o->v[r * n]);
+    break;
   case IR_LOGDET: logdet_rows(a, x->i0, NULL, o->v); break;
   case IR_LOGDET_GRAD: logdet_rows(a, x->i0, b, o->v); break;
   case IR_STOPGRAD: case IR_FIX_BEGIN: case IR_FIX_END:
@@ -463,12 +487,17 @@ static double fix_tol(double tol, double y) { return fmax(tol, 2 * FLT_EPSILON *
 static int fix_next(const ir_node *x, val *V, int done) {
   val *y = &V[x->args[0]->id];
   const val *yn = &V[x->args[1]->id];
+  if (x->i2 == 1) {   /* counted: every row takes ynew, i0 runs */
+    memcpy(y->v, yn->v, (size_t)(y->rows * y->n) * sizeof(double));
+    return done < x->i0;
+  }
   long moving = 0;
   for (long r = 0; r < y->rows; r++) {
     int move = 0;
     for (long j = 0; j < y->n; j++) {
       double d = fabs(yn->v[r * y->n + j] - y->v[r * y->n + j]);
-      move |= !(d < fix_tol(x->f0, y->v[r * y->n + j]));   /* NaN counts as moving */
+      /* NaN counts as moving */
+      move |= x->i2 == 2 ? !(d == 0) : !(d < fix_tol(x->f0, y->v[r * y->n + j]));
     }
     if (move) {
       moving++;
@@ -479,18 +508,36 @@ static int fix_next(const ir_node *x, val *V, int done) {
   return done < x->i0 ? 1 : -1;
 }
 
+/* The sde's normals of run `runs` from each row's key (float32 inputs,
+** hashed by their bits as the kernels do). */
+static void sde_noise(const ir_node *x, val *V, int runs) {
+  const val *k = &V[x->args[0]->id];
+  val *o = &V[x->id];
+  float *kf = malloc((size_t)(k->n + 1) * sizeof *kf);
+  for (long r = 0; r < o->rows; r++) {
+    for (long j = 0; j < k->n; j++) kf[j] = (float)k->v[r * k->n + j];
+    uint64_t key = rt_sde_key(kf, k->n, x->i0);
+    for (long j0 = 0; j0 < o->n; j0 += RT_K_SDE_CHUNK) {
+      long m = o->n - j0 < RT_K_SDE_CHUNK ? o->n - j0 : RT_K_SDE_CHUNK;
+      rt_sde_normals_from(key, runs, j0, m, &o->v[r * o->n + j0]);
+    }
+  }
+  free(kf);
+}
+
 static int interp(const ir_program *p, const ir_graph *g, const void *const *params,
                   long nrows, const double *in, const double *ctx, const double *noise,
                   double *out0, double *out1, double *const *grads, char *err, size_t errlen) {
   val *V = calloc((size_t)g->nnodes, sizeof *V);
-  int runs = 0, rc = 0;   /* body runs of the current fixed-point loop */
+  int *runs = calloc((size_t)g->nnodes + 1, sizeof *runs);   /* by IR_FIX_BEGIN: body runs */
+  int rc = 0;
   for (int i = 0; i < g->nnodes; i++) {
     const ir_node *x = g->nodes[i];
     if (x->id != i) { snprintf(err, errlen, "interp: graph not numbered"); rc = -1; break; }
     V[i].rows = x->batch ? nrows : x->rows;
     V[i].n = x->n;
     if (!V[i].v) V[i].v = calloc((size_t)(V[i].rows * x->n + 1), sizeof(double));
-    if (x->op == IR_FIX_BEGIN) runs = 0;
+    if (x->op == IR_FIX_BEGIN) runs[i] = 0;   /* entered afresh (an inner loop: per outer run) */
     if (x->op == IR_INPUT) {
       const double *src = x->i0 == 0 ? in : x->i0 == 1 ? ctx : noise;
       if (!src) { snprintf(err, errlen, "interp: no data for input slot %d", x->i0); rc = -1; break; }
@@ -500,16 +547,26 @@ static int interp(const ir_program *p, const ir_graph *g, const void *const *par
       for (long k = 0; k < V[i].rows * x->n; k++)
         V[i].v[k] = pa->dtype == IR_F32 ? ((const float *)params[x->i0])[k]
                                         : (double)((const int64_t *)params[x->i0])[k];
+    } else if (x->op == IR_SDE_NOISE) {
+      sde_noise(x, V, runs[x->args[1]->id]);
+    } else if (x->op == IR_LOOP_ROW) {
+      const val *t = &V[x->args[0]->id];
+      long k = runs[x->args[1]->id] < t->rows ? runs[x->args[1]->id] : t->rows - 1;
+      memcpy(V[i].v, &t->v[k * x->n], (size_t)x->n * sizeof(double));
     } else if (ir_is_sink(x->op)) {
       sink(p, x, V, nrows, grads);
     } else {
       eval(x, V, nrows);
     }
     if (x->op == IR_FIX_END) {
-      int next = fix_next(x, V, ++runs);
+      int next = fix_next(x, V, ++runs[x->args[0]->id]);
       if (next < 0) {
-        snprintf(err, errlen, "layer %d (residual): the fixed-point inverse did not converge "
-                 "within %d iterations (tol %g)", x->i1, x->i0, x->f0);
+        if (x->i2 == 2)
+          snprintf(err, errlen, "layer %d (cnf): dopri5 needed more than max_steps = %d steps",
+                   x->i1, x->i0);
+        else
+          snprintf(err, errlen, "layer %d (residual): the fixed-point inverse did not converge "
+                   "within %d iterations (tol %g)", x->i1, x->i0, x->f0);
         rc = -1;
         break;
       }
@@ -523,6 +580,7 @@ static int interp(const ir_program *p, const ir_graph *g, const void *const *par
   }
   for (int i = 0; i < g->nnodes; i++) free(V[i].v);
   free(V);
+  free(runs);
   return rc;
 }
 

@@ -20,6 +20,8 @@ static const char *const op_names[IR_OP_COUNT] = {
   [IR_ACC_OUTER] = "acc_outer", [IR_SPECNORM] = "specnorm", [IR_D2ACT] = "d2act",
   [IR_LOGDET] = "logdet", [IR_LOGDET_GRAD] = "logdet_grad", [IR_STOPGRAD] = "stopgrad",
   [IR_FIX_BEGIN] = "fix_begin", [IR_FIX_END] = "fix_end", [IR_PGATHER] = "pgather",
+  [IR_TEMB] = "temb", [IR_LOOP_ROW] = "loop_row", [IR_SDE_NOISE] = "sde_noise",
+  [IR_ODE_CTRL] = "ode_ctrl", [IR_TRACE_COEF] = "trace_coef",
 };
 
 const char *ir_op_name(ir_op op) { return op < IR_OP_COUNT ? op_names[op] : "?"; }
@@ -112,9 +114,9 @@ ir_node *ir_binary(ir_graph *g, ir_op op, ir_node *a, ir_node *b) {
 }
 
 ir_node *ir_linear(ir_graph *g, ir_node *in, ir_node *W, ir_node *b) {
-  assert(in->batch && !W->batch && W->n == in->n);
-  assert(!b || (!b->batch && b->n == W->rows));
-  ir_node *x = add(g, IR_LINEAR, 1, 1, W->rows);
+  assert(!W->batch && W->n == in->n);
+  assert(!b || (!b->batch && b->n == W->rows && b->rows == 1));
+  ir_node *x = add(g, IR_LINEAR, in->batch, in->batch ? 1 : in->rows, W->rows);
   arg(x, in);
   arg(x, W);
   if (b) arg(x, b);
@@ -346,6 +348,70 @@ ir_node *ir_fix_end(ir_graph *g, ir_node *y, ir_node *ynew, int iters, double to
   x->i0 = iters;
   x->i1 = layer;
   x->f0 = tol;
+  return x;
+}
+
+ir_node *ir_loop_end(ir_graph *g, ir_node *y, ir_node *ynew, int runs, int layer) {
+  ir_node *x = ir_fix_end(g, y, ynew, runs, 0, layer);
+  x->i2 = 1;
+  return x;
+}
+
+ir_node *ir_temb_table(ir_graph *g, int kind, int n, int rows, double t0, double dt) {
+  assert(rows >= 1 && (kind ? n >= 4 && n % 2 == 0 : n == 1));
+  ir_node *x = add(g, IR_TEMB, 0, rows, n);
+  x->i1 = kind;
+  x->f0 = t0;
+  x->f1 = dt;
+  return x;
+}
+
+ir_node *ir_temb(ir_graph *g, int kind, int n, ir_node *t) {
+  assert(t->batch && t->n == 1 && (kind ? n >= 4 && n % 2 == 0 : n == 1));
+  ir_node *x = add(g, IR_TEMB, 1, 1, n);
+  arg(x, t);
+  x->i1 = kind;
+  return x;
+}
+
+ir_node *ir_loop_row(ir_graph *g, ir_node *table, ir_node *loop) {
+  assert(!table->batch && loop->op == IR_FIX_BEGIN);
+  ir_node *x = add(g, IR_LOOP_ROW, 0, 1, table->n);
+  arg(x, table);
+  arg(x, loop);
+  return x;
+}
+
+ir_node *ir_trace_coef(ir_graph *g, ir_node *W0, ir_node *W1, ir_node *W2, int D) {
+  assert(!W0->batch && !W1->batch && W0->n >= D && W1->n == W0->rows);
+  assert(W2 ? !W2->batch && W2->rows == D && W2->n == W1->rows : W1->rows == D);
+  ir_node *x = add(g, IR_TRACE_COEF, 0, W2 ? W1->rows : 1, W0->rows);
+  arg(x, W0);
+  arg(x, W1);
+  if (W2) arg(x, W2);
+  x->i0 = D;
+  return x;
+}
+
+ir_node *ir_ode_ctrl(ir_graph *g, ir_node *s, ir_node *y5, ir_node *err, double rtol,
+                     double atol, int tend) {
+  assert(s->batch && y5->batch && err->batch && y5->n == err->n && s->n == y5->n + 2);
+  ir_node *x = add(g, IR_ODE_CTRL, 1, 1, s->n);
+  arg(x, s);
+  arg(x, y5);
+  arg(x, err);
+  x->f0 = rtol;
+  x->f1 = atol;
+  x->i0 = tend;
+  return x;
+}
+
+ir_node *ir_sde_noise(ir_graph *g, ir_node *key, ir_node *loop, int n, int layer) {
+  assert(key->op == IR_INPUT && loop->op == IR_FIX_BEGIN);
+  ir_node *x = add(g, IR_SDE_NOISE, 1, 1, n);
+  arg(x, key);
+  arg(x, loop);
+  x->i0 = layer;
   return x;
 }
 

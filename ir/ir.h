@@ -38,7 +38,9 @@ typedef enum ir_op {
   /* elementwise binary, broadcast as above */
   IR_ADD, IR_SUB, IR_MUL,
   /* structure, batch */
-  IR_LINEAR,      /* x[B,in], W[out,in] (param), b[1,out] (param, optional) */
+  IR_LINEAR,      /* x[B,in], W[out,in] (param), b[1,out] (param, optional).
+                     With a param-class x [r,in] the result is param-class
+                     [r,out] = x W^T + b, a prep op (a cnf's time columns) */
   IR_SLICE,       /* columns [i0, i0 + n) of x */
   IR_CONCAT,      /* [a, b] along columns */
   IR_GATHER,      /* y[:,i] = x[:, perm[i]]; perm = args[1] (I64 param [1,n])
@@ -74,7 +76,32 @@ typedef enum ir_op {
                      columns of |ynew - y|) and fewer than i0 iterations ran,
                      y = ynew and run the body again; the result is the last
                      ynew. A row still >= f0 after i0 iterations fails the
-                     kernel with status 1 + i1 (the layer) */
+                     kernel with status 1 + i1 (the layer).
+                     i2 = 1: a counted loop: exactly i0 runs for every row,
+                     no settling test (a fixed-step ODE solver's steps);
+                     i2 = 2: a row settles only when ynew == y exactly (an
+                     adaptive solver's state), failing as above */
+  /* continuous flows (flow-language.md 7) */
+  IR_TEMB,        /* time embedding, i1 = 0: [t] (n = 1); i1 = 1: sincos, n = K.
+                     No args: param-class table [rows, n] of the times
+                     t_r = f0 + r * f1 (a prep op, computed in double);
+                     one arg t [B,1] (batch): per row. No gradient */
+  IR_LOOP_ROW,    /* table (param-class [N,n]), loop (an IR_FIX_BEGIN) -> [1,n]:
+                     row k of table in run k of the loop's body (k = 0..).
+                     Param-like (a pointer into the table), not a prep node */
+  IR_TRACE_COEF,  /* param only: W0 [H0,in], W1 [.,H0] [, W2 [D,H1]] -> the coefficients
+                     of a fused exact trace of an MLP's Jacobian in its first
+                     i0 = D inputs (Z = those columns of W0). Two args (one
+                     hidden layer, W1 [D,H0]): c [1,H0], c_h = sum_i W1[i,h] Z[h,i],
+                     so tr = sum_h f'(pre0_h) c_h. Three args (two hidden
+                     layers): Q [H1,H0], Q[k,h] = W1[k,h] sum_i W2[i,k] Z[h,i],
+                     so tr = f'(pre1) . (Q f'(pre0)) */
+  IR_ODE_CTRL,    /* s [B, n+2] = [y | t | h], y5 [B,n], err [B,n] -> [B, n+2]: a dopri5
+                     step's acceptance and next step size (runtime/rt_ode.h);
+                     f0 rtol, f1 atol, i0 the end time (0 or 1) */
+  IR_SDE_NOISE,   /* key (the entry's input [B,m]), loop (an IR_FIX_BEGIN) -> [B,n]:
+                     standard normals of run k of the loop for each sample,
+                     from its key row and i0 = the layer (runtime/rt_sde.h) */
   /* backward ops (passes/autodiff.c), batch */
   IR_DACT,        /* f'(x) of the unary op i0, elementwise */
   IR_LINEAR_T,    /* dy[B,out], W[out,in] (param-class) -> dy W  [B,in] */
@@ -104,7 +131,7 @@ struct ir_node {
   int nargs;
   ir_node *args[5];
   int i0, i1, i2;
-  double f0;
+  double f0, f1;
   const int *idx;         /* IR_GATHER constant permutation, n entries;
                              IR_PGATHER rows + n entries */
   /* filled by passes */
@@ -166,9 +193,12 @@ typedef struct ir_param {
 ** the runtime fills them per step and row from its seeded RNG. */
 typedef enum ir_noise_kind {
   IR_NOISE_RADEMACHER,    /* n columns of +-1 (Hutchinson probes) */
-  IR_NOISE_ROULETTE       /* n = kmax columns: q_k = 1 / P(N >= k) for k <= N, else 0
+  IR_NOISE_ROULETTE,      /* n = kmax columns: q_k = 1 / P(N >= k) for k <= N, else 0
                              (k = 1..kmax); N = terms + G, G ~ Geometric(p) on
                              {0, 1, ..}, P(G >= j) = (1-p)^j, N capped at kmax */
+  IR_NOISE_GAUSS,         /* n columns of N(0, 1) (flow matching's z0) */
+  IR_NOISE_BETA           /* n columns of Beta(a, b) (flow matching's t; a = b = 1:
+                             uniform on [0, 1)) */
 } ir_noise_kind;
 
 typedef struct ir_noise {
@@ -176,6 +206,7 @@ typedef struct ir_noise {
   int n;                  /* columns */
   int terms;              /* IR_NOISE_ROULETTE */
   double p;               /* IR_NOISE_ROULETTE: 0 means exactly `terms` terms */
+  double a, b;            /* IR_NOISE_BETA */
 } ir_noise;
 
 typedef struct ir_program {
@@ -183,13 +214,14 @@ typedef struct ir_program {
   const ir_model *model;
   int nparams;
   ir_param *params;
-  ir_graph *entry[IR_NENTRY];
+  ir_graph *entry[IR_NENTRY];   /* NULL: not available (ir_lower_entry) */
   ir_graph *train;        /* pass_autodiff: log_prob with gradient sinks, or NULL */
   int *layer_param0;      /* first parameter index of each layer */
   int nnoise;             /* blocks of the train graph's noise input */
   ir_noise *noise;
   int noise_width;        /* their total width (0: the train graph has none) */
   int *layer_noise0;      /* first noise column of each layer */
+  int fm;                 /* ir_use_fm: the train graph is the flow-matching loss */
 } ir_program;
 
 /* graph building (ir.c) */
@@ -222,6 +254,14 @@ ir_node *ir_logdet_grad(ir_graph *g, ir_node *x, ir_node *gd, int D);
 ir_node *ir_stopgrad(ir_graph *g, ir_node *x);
 ir_node *ir_fix_begin(ir_graph *g, ir_node *u, int layer);
 ir_node *ir_fix_end(ir_graph *g, ir_node *y, ir_node *ynew, int iters, double tol, int layer);
+ir_node *ir_loop_end(ir_graph *g, ir_node *y, ir_node *ynew, int runs, int layer); /* counted */
+ir_node *ir_temb_table(ir_graph *g, int kind, int n, int rows, double t0, double dt);
+ir_node *ir_temb(ir_graph *g, int kind, int n, ir_node *t);
+ir_node *ir_loop_row(ir_graph *g, ir_node *table, ir_node *loop);
+ir_node *ir_trace_coef(ir_graph *g, ir_node *W0, ir_node *W1, ir_node *W2, int D);
+ir_node *ir_ode_ctrl(ir_graph *g, ir_node *s, ir_node *y5, ir_node *err, double rtol,
+                     double atol, int tend);
+ir_node *ir_sde_noise(ir_graph *g, ir_node *key, ir_node *loop, int n, int layer);
 ir_node *ir_acc_sum(ir_graph *g, ir_node *a, ir_node *b, ir_node *target);
 ir_node *ir_acc_outer(ir_graph *g, ir_node *dy, ir_node *x, ir_node *target);
 /* Gradient slot of a sink's target: param index, or nparams + prep index. */
@@ -245,11 +285,21 @@ const char *ir_entry_name(ir_entry e);
 /* lowering (lower.c): one checked model to a program; NULL with err set */
 ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen);
 long ir_param_count(const ir_program *p);   /* trainable scalars */
-/* A fresh graph of entry e, as ir_lower made it. */
+/* A fresh graph of entry e, as ir_lower made it; NULL for an entry that
+** needs a density when the model has none (an sde layer: decode only). */
 ir_graph *ir_lower_entry(ir_program *p, ir_entry e);
 /* log_prob as the train graph wants it: residual layers with a series
 ** log-det use the estimator on the noise input (pass_autodiff's start). */
 ir_graph *ir_lower_train(ir_program *p);
+/*
+** Makes ir_lower_train build the conditional flow-matching objective of
+** flow-language.md 7 instead: a model whose flow is one cnf (or sde, whose
+** drift is trained the same way). Its "log_prob" per row is
+** -||v(x_t, t, c) - (x1 - z0)||^2, x_t = (1 - t) z0 + t x1, from the noise
+** input [z0 (D columns, N(0, I)) | t (Beta(a, b); a = b = 1 uniform)].
+** 0, or -1 with err set when the model is not one such layer.
+*/
+int ir_use_fm(ir_program *p, double a, double b, char *err, size_t errlen);
 /* The density direction up to layer k: x through the inverses of layers
 ** K-1 .. k+1; out[0] is the input of layer k's inverse (data-dependent
 ** initialisation of actnorm). */

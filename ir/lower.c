@@ -7,6 +7,7 @@
 */
 #include "ir.h"
 #include "rt_made.h"   /* header only: the MADE degrees, shared with the runtime */
+#include "rt_ode.h"    /* RT_K_ODE_MAX only */
 
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@ typedef struct lw {
   ir_node *ctx;           /* [B, C] or NULL */
   ir_node *ld;            /* running log-det, NULL while zero */
   int train;              /* the train graph's log_prob: series estimators */
+  int want_ld;            /* the entry uses the log-det (cnf: integrate the trace) */
+  ir_node *x0;            /* the entry's input (an sde's noise is keyed by its rows) */
   ir_node *noise;         /* its noise input (slot 2), made when first needed */
 } lw;
 
@@ -46,7 +49,7 @@ static int net_outputs(const ir_model *m, const ir_layer *L) {
   case LAYER_ADDITIVE_COUPLING: return D - d;
   case LAYER_SPLINE_COUPLING: return (D - d) * (3 * L->bins - 1);
   case LAYER_MAF: case LAYER_IAF: return L->spline ? D * (3 * L->bins - 1) : 2 * D;
-  case LAYER_RESIDUAL: return D;
+  case LAYER_RESIDUAL: case LAYER_CNF: case LAYER_SDE: return D;
   default: return 0;
   }
 }
@@ -54,7 +57,7 @@ static int net_outputs(const ir_model *m, const ir_layer *L) {
 static int has_net(const ir_layer *L) {
   return L->kind == LAYER_AFFINE_COUPLING || L->kind == LAYER_ADDITIVE_COUPLING ||
          L->kind == LAYER_SPLINE_COUPLING || L->kind == LAYER_MAF || L->kind == LAYER_IAF ||
-         L->kind == LAYER_RESIDUAL;
+         L->kind == LAYER_RESIDUAL || L->kind == LAYER_CNF || L->kind == LAYER_SDE;
 }
 
 /* Linear layer j of a network: in -> out; the last one starts at zero. */
@@ -95,6 +98,8 @@ static int layer_params(ir_program *p, int cap, int k, const ir_layer *L) {
     }
     return first;
   }
+  case LAYER_CNF: case LAYER_SDE:   /* v(z, t) = net([z, c, temb(t)]) */
+    return net_params(p, cap, k, &L->net, D + m->context + L->time_k, D);
   case LAYER_PERMUTE: {
     if (L->perm_kind == PERM_REVERSE) return p->nparams;
     int i = add_param(p, cap, NAME("perm"), IR_I64, 1, D, 0,
@@ -473,6 +478,325 @@ static ir_node *residual(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) 
   return y;
 }
 
+/* ---- continuous flows (flow-language.md 7): dz/dt = v(z, t) ---- */
+
+/*
+** The velocity net with its time columns split off: the first linear layer
+** is W [z, c, temb(t)] + b = W_zc [z, c] + (W_t temb(t) + b). On a fixed
+** grid the bracket depends on the parameters alone: one prep table per
+** solver stage, a row per step (IR_TEMB, then a param-class IR_LINEAR),
+** computed when the weights are loaded; the kernels read a row of it.
+*/
+typedef struct vnet {
+  int nl, D, C, K, H;     /* linear layers; H: the first one's outputs */
+  ir_act act;
+  ir_node *Wzc, *Wt;      /* [H, D + C], [H, K] */
+  ir_node **W, **b;       /* the net's layers (W[0] unused: Wzc, Wt) */
+  ir_node **pre;          /* hidden pre-activations of the last vnet_v */
+} vnet;
+
+static int *iota(ir_arena *A, int lo, int n) {
+  int *v = ir_alloc(A, (size_t)(n ? n : 1) * sizeof *v);
+  for (int i = 0; i < n; i++) v[i] = lo + i;
+  return v;
+}
+
+static void vnet_init(lw *w, const ir_layer *L, int p0, vnet *vn) {
+  ir_graph *g = w->g;
+  ir_arena *A = w->p->A;
+  int nl = L->net.nhidden + 1, D = w->m->dim, C = w->m->context;
+  *vn = (vnet){nl, D, C, L->time_k, nl > 1 ? L->net.hidden[0] : D, L->net.act, NULL, NULL,
+               NULL, NULL, NULL};
+  vn->W = ir_alloc(A, 3 * (size_t)nl * sizeof *vn->W);
+  vn->b = vn->W + nl;
+  vn->pre = vn->b + nl;
+  for (int j = 0; j < nl; j++) {
+    vn->W[j] = ir_param_node(g, w->p, p0 + 2 * j);
+    vn->b[j] = ir_param_node(g, w->p, p0 + 2 * j + 1);
+  }
+  int *rows = iota(A, 0, vn->H);
+  vn->Wzc = ir_pgather(g, vn->W[0], vn->H, rows, D + C, iota(A, 0, D + C));
+  vn->Wt = ir_pgather(g, vn->W[0], vn->H, rows, vn->K, iota(A, D + C, vn->K));
+}
+
+/* The first layer's bias rows W_t temb(t_r) + b at t_r = t0 + r dt. */
+static ir_node *vnet_bias_table(lw *w, const ir_layer *L, vnet *vn, int rows, double t0,
+                                double dt) {
+  ir_node *T = ir_temb_table(w->g, L->time == TIME_SINCOS, vn->K, rows, t0, dt);
+  return ir_linear(w->g, T, vn->Wt, vn->b[0]);
+}
+
+/* v(z, t) given its first-layer bias row; remembers the pre-activations. */
+static ir_node *vnet_v(lw *w, vnet *vn, ir_node *z, ir_node *bias) {
+  ir_node *h = ir_linear(w->g, ir_concat(w->g, z, w->ctx), vn->Wzc, bias);
+  for (int j = 1; j < vn->nl; j++)
+    h = ir_linear(w->g, ir_unary(w->g, act_op(vn->act), vn->pre[j - 1] = h), vn->W[j], vn->b[j]);
+  return h;
+}
+
+/* dv/dz t for a tangent t of z (forward mode), at the last vnet_v's point. */
+static ir_node *vnet_jvp(lw *w, vnet *vn, ir_node *t) {
+  ir_graph *g = w->g;
+  t = ir_linear(g, ir_pad(g, t, 0, vn->D + vn->C), vn->Wzc, NULL);
+  for (int j = 1; j < vn->nl; j++)
+    t = ir_linear(g, ir_binary(g, IR_MUL, t, ir_dact(g, act_op(vn->act), vn->pre[j - 1])),
+                  vn->W[j], NULL);
+  return t;
+}
+
+/*
+** The exact trace of a net with one or two hidden layers in one piece:
+** tr(W1 f0' Z) = f0' . c and tr(W2 f1' W1 f0' Z) = f1' . (Q f0'), with c
+** and Q parameter-only (IR_TRACE_COEF, once per load): one product of the
+** hidden sizes per stage, instead of D directional derivatives.
+*/
+static ir_node *vnet_trace_fused(lw *w, vnet *vn) {
+  ir_graph *g = w->g;
+  ir_op f = act_op(vn->act);
+  ir_node *d0 = ir_dact(g, f, vn->pre[0]);
+  if (vn->nl == 2)
+    return ir_rowsum(g, ir_binary(g, IR_MUL, d0, ir_trace_coef(g, vn->W[0], vn->W[1], NULL, vn->D)));
+  ir_node *Q = ir_trace_coef(g, vn->W[0], vn->W[1], vn->W[2], vn->D);
+  return ir_rowsum(g, ir_binary(g, IR_MUL, ir_dact(g, f, vn->pre[1]), ir_linear(g, d0, Q, NULL)));
+}
+
+/* Above this dim the exact trace's D directional derivatives run as a
+** loop in the kernel rather than written out (compile time and code size
+** grow with D x depth otherwise: pi0's head has D = 350). */
+#define CNF_TRACE_UNROLL 8
+
+/*
+** sum_i (dv/dz e_i)_i as a counted loop over i inside the solver's loop:
+** the state [acc | e] carries the one-hot e_i, shifted one place a run.
+** (Not in the train graph: autodiff differentiates written-out steps.)
+*/
+static ir_node *vnet_trace_loop(lw *w, vnet *vn, ir_node *z, int k) {
+  ir_graph *g = w->g;
+  int D = vn->D;
+  ir_node *zero = ir_rowsum(g, ir_slice(g, z, 0, 0));
+  ir_node *e0 = ir_pad(g, ir_binary(g, IR_ADD, zero, ir_const(g, 1.0)), 0, D);
+  ir_node *s = ir_fix_begin(g, ir_concat(g, zero, e0), k);
+  ir_node *e = ir_slice(g, s, 1, D);
+  ir_node *tr = ir_rowsum(g, ir_binary(g, IR_MUL, vnet_jvp(w, vn, e), e));
+  ir_node *next = ir_concat(g, ir_binary(g, IR_ADD, ir_slice(g, s, 0, 1), tr),
+                            ir_pad(g, ir_slice(g, e, 0, D - 1), 1, D));
+  return ir_slice(g, ir_loop_end(g, s, next, D, k), 0, 1);
+}
+
+/* tr(dv/dz): exactly (fused, or from the D columns dv/dz e_i); or
+** Hutchinson's e^T (dv/dz) e with the layer's Rademacher probe e
+** (training only). */
+static ir_node *vnet_trace(lw *w, const ir_layer *L, vnet *vn, ir_node *z, int k) {
+  ir_graph *g = w->g;
+  int D = vn->D;
+  if (w->train && L->hutchinson) {
+    if (!w->noise) w->noise = ir_input(g, 2, w->p->noise_width);
+    ir_node *e = ir_slice(g, w->noise, w->p->layer_noise0[k], D);
+    return ir_rowsum(g, ir_binary(g, IR_MUL, e, vnet_jvp(w, vn, e)));
+  }
+  if (vn->nl == 2 || vn->nl == 3) return vnet_trace_fused(w, vn);
+  if (D > CNF_TRACE_UNROLL && !w->train) return vnet_trace_loop(w, vn, z, k);
+  ir_node *one = ir_binary(g, IR_ADD, ir_rowsum(g, ir_slice(g, z, 0, 0)), ir_const(g, 1.0));
+  ir_node *diag = NULL;
+  for (int i = 0; i < D; i++) {
+    ir_node *c = ir_slice(g, vnet_jvp(w, vn, ir_pad(g, one, i, D)), i, 1);
+    diag = diag ? ir_concat(g, diag, c) : c;
+  }
+  return ir_rowsum(g, diag);
+}
+
+/* Butcher tableaus of the fixed-step solvers (all explicit, each stage
+** reading the one before): stage i at t + c[i] h and z + a[i] h k_{i-1};
+** z' = z + h sum bw[i] k_i. */
+static const struct { int s; double c[4], a[4], bw[4]; } tableau[] = {
+  [SOLVER_EULER] = {1, {0}, {0}, {1}},
+  [SOLVER_HEUN] = {2, {0, 1}, {0, 1}, {0.5, 0.5}},
+  [SOLVER_RK4] = {4, {0, 0.5, 0.5, 1}, {0, 0.5, 0.5, 1}, {1 / 6.0, 1 / 3.0, 1 / 3.0, 1 / 6.0}},
+};
+
+static ir_node *scaled(lw *w, ir_node *x, double c) {
+  return c == 1 ? x : ir_binary(w->g, IR_MUL, x, ir_const(w->g, c));
+}
+
+static ir_node *plus(lw *w, ir_node *a, ir_node *b) {
+  return a ? ir_binary(w->g, IR_ADD, a, b) : b;
+}
+
+/* dopri5's first attempted step; the controller adapts it from there. */
+#define CG_DOPRI5_H0 0.05
+
+/* A cnf being lowered: the net, the step h and each stage's bias table. */
+typedef struct cnfl {
+  const ir_layer *L;
+  int k, N;
+  double h;
+  vnet vn;
+  ir_node *tab[4];
+} cnfl;
+
+/*
+** One solver step from (z, ld) with the first-layer biases bias[i] of its
+** stages; ld (NULL when the log-det is not wanted) integrates the trace.
+*/
+static ir_node *cnf_step(lw *w, cnfl *c, ir_node *z, ir_node **ld, ir_node *const *bias) {
+  int S = tableau[c->L->solver].s;
+  ir_node *k = NULL, *ksum = NULL, *tsum = NULL;
+  for (int i = 0; i < S; i++) {
+    ir_node *zi = i ? ir_binary(w->g, IR_ADD, z, scaled(w, k, tableau[c->L->solver].a[i] * c->h)) : z;
+    k = vnet_v(w, &c->vn, zi, bias[i]);
+    ksum = plus(w, ksum, scaled(w, k, tableau[c->L->solver].bw[i]));
+    if (*ld) tsum = plus(w, tsum, scaled(w, vnet_trace(w, c->L, &c->vn, zi, c->k),
+                                         tableau[c->L->solver].bw[i]));
+  }
+  if (*ld) *ld = ir_binary(w->g, IR_ADD, *ld, scaled(w, tsum, c->h));
+  return ir_binary(w->g, IR_ADD, z, scaled(w, ksum, c->h));
+}
+
+/* The train graph: every step written out, so that autodiff sees them;
+** stage i of step n reads row n of its table. */
+static ir_node *cnf_unrolled(lw *w, cnfl *c, ir_node *z, ir_node **ld) {
+  int S = tableau[c->L->solver].s;
+  int *cols = iota(w->p->A, 0, c->vn.H);
+  for (int n = 0; n < c->N; n++) {
+    ir_node *bias[4];
+    for (int i = 0; i < S; i++) bias[i] = ir_pgather(w->g, c->tab[i], 1, &n, c->vn.H, cols);
+    z = cnf_step(w, c, z, ld, bias);
+  }
+  return z;
+}
+
+/* Evaluation: the steps as a counted loop in the kernel over the state
+** [z | ld]; stage i of run n reads row n of its table. */
+static ir_node *cnf_loop(lw *w, cnfl *c, ir_node *z, ir_node **ld) {
+  ir_graph *g = w->g;
+  int S = tableau[c->L->solver].s, D = w->m->dim;
+  ir_node *s = ir_fix_begin(g, *ld ? ir_concat(g, z, *ld) : z, c->k);
+  ir_node *bias[4], *l = *ld ? ir_slice(g, s, D, 1) : NULL;
+  for (int i = 0; i < S; i++) bias[i] = ir_loop_row(g, c->tab[i], s);
+  ir_node *zn = cnf_step(w, c, ir_slice(g, s, 0, D), l ? &l : ld, bias);
+  ir_node *fin = ir_loop_end(g, s, l ? ir_concat(g, zn, l) : zn, c->N, c->k);
+  if (*ld) *ld = ir_slice(g, fin, D, 1);
+  return ir_slice(g, fin, 0, D);
+}
+
+/* v(z, t) at a time per sample (adaptive steps): the time columns are
+** read, not folded. */
+static ir_node *vnet_vt(lw *w, const ir_layer *L, vnet *vn, ir_node *z, ir_node *t) {
+  ir_graph *g = w->g;
+  ir_node *in = ir_concat(g, ir_concat(g, z, w->ctx), ir_temb(g, L->time == TIME_SINCOS, vn->K, t));
+  ir_node *h = ir_linear(g, in, vn->W[0], vn->b[0]);
+  for (int j = 1; j < vn->nl; j++)
+    h = ir_linear(g, ir_unary(g, act_op(vn->act), vn->pre[j - 1] = h), vn->W[j], vn->b[j]);
+  return h;
+}
+
+/* Dormand-Prince 5(4): nodes, coefficients, 5th-order weights and the
+** error weights b5 - b4. */
+static const double dp_c[7] = {0, 0.2, 0.3, 0.8, 8.0 / 9, 1, 1};
+static const double dp_a[7][6] = {
+  {0},
+  {1.0 / 5},
+  {3.0 / 40, 9.0 / 40},
+  {44.0 / 45, -56.0 / 15, 32.0 / 9},
+  {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729},
+  {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656},
+  {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84}};
+static const double dp_e[7] = {35.0 / 384 - 5179.0 / 57600, 0, 500.0 / 1113 - 7571.0 / 16695,
+                               125.0 / 192 - 393.0 / 640, -2187.0 / 6784 + 92097.0 / 339200,
+                               11.0 / 84 - 187.0 / 2100, -1.0 / 40};
+
+/* sum_j coef[j] k[j] over j < n, NULL when every coefficient is zero. */
+static ir_node *combo(lw *w, ir_node *const *k, const double *coef, int n) {
+  ir_node *acc = NULL;
+  for (int j = 0; j < n; j++)
+    if (coef[j] != 0) acc = plus(w, acc, scaled(w, k[j], coef[j]));
+  return acc;
+}
+
+/*
+** dopri5: a loop of attempted steps over the state [y | t | h] of each
+** sample, y = [z | ld] (ld when wanted); the controller (IR_ODE_CTRL)
+** accepts or rejects and picks the next h, per sample, so a sample's result
+** does not depend on the batch around it. The loop ends when every sample
+** has reached the end time; max_steps attempts (accepted or not) is the
+** budget, beyond which the kernel fails with the layer's status.
+*/
+static ir_node *cnf_dopri5(lw *w, cnfl *c, ir_node *u, ir_node **ld) {
+  ir_graph *g = w->g;
+  const ir_layer *L = c->L;
+  int D = w->m->dim, n = D + (*ld ? 1 : 0), inv = c->h < 0;
+  ir_node *zero = ir_rowsum(g, ir_slice(g, u, 0, 0));
+  ir_node *y0 = *ld ? ir_concat(g, u, *ld) : u;
+  ir_node *t0 = ir_binary(g, IR_ADD, zero, ir_const(g, inv ? 1.0 : 0.0));
+  ir_node *h0 = ir_binary(g, IR_ADD, zero, ir_const(g, inv ? -CG_DOPRI5_H0 : CG_DOPRI5_H0));
+  ir_node *s = ir_fix_begin(g, ir_concat(g, ir_concat(g, y0, t0), h0), c->k);
+  ir_node *y = ir_slice(g, s, 0, n), *t = ir_slice(g, s, n, 1), *h = ir_slice(g, s, n + 1, 1);
+  ir_node *k[7];
+  for (int i = 0; i < 7; i++) {
+    ir_node *a = combo(w, k, dp_a[i], i);
+    ir_node *yi = a ? ir_binary(g, IR_ADD, y, ir_binary(g, IR_MUL, a, h)) : y;
+    ir_node *ti = i ? ir_binary(g, IR_ADD, t, scaled(w, h, dp_c[i])) : t;
+    ir_node *zi = *ld ? ir_slice(g, yi, 0, D) : yi;
+    k[i] = vnet_vt(w, L, &c->vn, zi, ti);
+    if (*ld) k[i] = ir_concat(g, k[i], vnet_trace(w, L, &c->vn, zi, c->k));
+  }
+  ir_node *y5 = ir_binary(g, IR_ADD, y, ir_binary(g, IR_MUL, combo(w, k, dp_a[6], 6), h));
+  ir_node *err = ir_binary(g, IR_MUL, combo(w, k, dp_e, 7), h);
+  ir_node *fin = ir_fix_end(g, s, ir_ode_ctrl(g, s, y5, err, L->rtol, L->atol, !inv),
+                            L->max_steps, 0, c->k);
+  fin->i2 = 2;   /* exact: a sample is done when its state stops changing */
+  if (*ld) *ld = ir_slice(g, fin, D, 1);
+  return ir_slice(g, fin, 0, D);
+}
+
+/* Generative: t = 0 -> 1, h = 1/N. Density: t = 1 -> 0 on the same grid,
+** h = -1/N; the integrated trace is then log|det| of the inverse. */
+static ir_node *cnf(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
+  int adaptive = L->solver == SOLVER_DOPRI5;
+  cnfl c = {L, (int)(L - w->m->layers), L->steps, (inv ? -1.0 : 1.0) / (adaptive ? 1 : L->steps),
+            {0}, {0}};
+  vnet_init(w, L, p0, &c.vn);
+  if (adaptive) {
+    ir_node *ld = w->want_ld ? ir_rowsum(w->g, ir_slice(w->g, u, 0, 0)) : NULL;
+    ir_node *y = cnf_dopri5(w, &c, u, &ld);
+    if (ld) ld_add(w, ld, 0);
+    return y;
+  }
+  for (int i = 0; i < tableau[L->solver].s; i++) {
+    double t0 = inv ? 1 - tableau[L->solver].c[i] / c.N : tableau[L->solver].c[i] / c.N;
+    c.tab[i] = vnet_bias_table(w, L, &c.vn, c.N, t0, c.h);
+  }
+  ir_node *ld = w->want_ld ? ir_rowsum(w->g, ir_slice(w->g, u, 0, 0)) : NULL;
+  ir_node *y = w->train ? cnf_unrolled(w, &c, u, &ld) : cnf_loop(w, &c, u, &ld);
+  if (ld) ld_add(w, ld, 0);
+  return y;
+}
+
+/* An sde, generative only: Euler-Maruyama on the grid t_n = n/N,
+** z += h v(z, t_n) + sigma sqrt(h) xi_n, the xi_n keyed by the sample's
+** input row (rt_sde.h). It has no density: the entries that need one are
+** not made (ir_lower). */
+static ir_node *sde(lw *w, const ir_layer *L, int p0, ir_node *u) {
+  ir_graph *g = w->g;
+  int k = (int)(L - w->m->layers);
+  double h = 1.0 / L->steps;
+  vnet vn;
+  vnet_init(w, L, p0, &vn);
+  ir_node *tab = vnet_bias_table(w, L, &vn, L->steps, 0, h);
+  ir_node *s = ir_fix_begin(g, u, k);
+  ir_node *zn = ir_binary(g, IR_ADD, s, scaled(w, vnet_v(w, &vn, s, ir_loop_row(g, tab, s)), h));
+  if (L->sigma > 0)
+    zn = ir_binary(g, IR_ADD, zn, scaled(w, ir_sde_noise(g, w->x0, s, vn.D, k), L->sigma * sqrt(h)));
+  return ir_loop_end(g, s, zn, L->steps, k);
+}
+
+/* Does the model have a density (no sde layer)? */
+static int has_density(const ir_model *m) {
+  for (int k = 0; k < m->nlayers; k++)
+    if (m->layers[k].kind == LAYER_SDE) return 0;
+  return 1;
+}
+
 /* ---- layers: inv = 0 generative (f), 1 density (f^-1) ---- */
 
 static ir_node *coupling(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
@@ -538,6 +862,8 @@ static ir_node *layer(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) {
   case LAYER_LINEAR_LU: return linear_lu(w, p0, u, inv);
   case LAYER_MAF: case LAYER_IAF: return autoregressive(w, L, p0, u, inv);
   case LAYER_RESIDUAL: return residual(w, L, p0, u, inv);
+  case LAYER_CNF: return cnf(w, L, p0, u, inv);
+  case LAYER_SDE: return inv ? u : sde(w, L, p0, u);   /* no inverse: never lowered */
   default: return u;
   }
 }
@@ -560,8 +886,9 @@ static ir_node *ld_batch(lw *w, ir_node *x) {
 /* stop >= 0: only the density direction down to layer stop + 1. */
 static ir_graph *lower_entry(ir_program *p, const int *p0, ir_entry e, int stop, int train) {
   const ir_model *m = p->model;
-  lw w = {ir_graph_new(p->A), p, m, NULL, NULL, train, NULL};
-  ir_node *x = ir_input(w.g, 0, m->dim);
+  lw w = {ir_graph_new(p->A), p, m, NULL, NULL, train, 0, NULL, NULL};
+  w.want_ld = stop < 0 && e != IR_ENTRY_ENCODE && e != IR_ENTRY_DECODE;
+  ir_node *x = w.x0 = ir_input(w.g, 0, m->dim);
   if (m->context > 0) w.ctx = ir_input(w.g, 1, m->context);
   int density = e == IR_ENTRY_ENCODE || e == IR_ENTRY_ENCODE_LD || e == IR_ENTRY_LOGPROB;
   ir_node *u = x;
@@ -601,10 +928,14 @@ static void noise_layout(ir_program *p) {
   for (int k = 0; k < m->nlayers; k++) {
     const ir_layer *L = &m->layers[k];
     p->layer_noise0[k] = p->noise_width;
+    if (L->kind == LAYER_CNF && L->hutchinson) {   /* one probe for the whole integration */
+      p->noise[p->nnoise++] = (ir_noise){IR_NOISE_RADEMACHER, m->dim, 0, 0, 0, 0};
+      p->noise_width += m->dim;
+    }
     if (L->kind != LAYER_RESIDUAL || !L->series) continue;
-    p->noise[p->nnoise++] = (ir_noise){IR_NOISE_RADEMACHER, m->dim, 0, 0};
+    p->noise[p->nnoise++] = (ir_noise){IR_NOISE_RADEMACHER, m->dim, 0, 0, 0, 0};
     p->noise[p->nnoise++] = (ir_noise){IR_NOISE_ROULETTE, L->terms + res_extra(L), L->terms,
-                                       L->roulette};
+                                       L->roulette, 0, 0};
     p->noise_width += m->dim + L->terms + res_extra(L);
   }
 }
@@ -625,17 +956,69 @@ ir_program *ir_lower(ir_arena *A, const ir_model *m, char *err, size_t errlen) {
     }
   }
   p->layer_param0 = p0;
+  for (int k = 0; k < m->nlayers; k++) {
+    const ir_layer *L = &m->layers[k];
+    const char *no = L->kind == LAYER_CNF && L->solver == SOLVER_DOPRI5 &&
+                     m->dim + 1 > RT_K_ODE_MAX ? "dopri5 with dim above 1023" : NULL;
+    if (no) {
+      snprintf(err, errlen, "%s: layer %d (%s, line %d): %s: not implemented yet", m->name, k,
+               ir_layer_name(L->kind), L->line, no);
+      return NULL;
+    }
+  }
   noise_layout(p);
-  for (int e = 0; e < IR_NENTRY; e++) p->entry[e] = lower_entry(p, p0, (ir_entry)e, -1, 0);
+  for (int e = 0; e < IR_NENTRY; e++) p->entry[e] = ir_lower_entry(p, (ir_entry)e);
   return p;
 }
 
 ir_graph *ir_lower_entry(ir_program *p, ir_entry e) {
+  if (e != IR_ENTRY_DECODE && !has_density(p->model)) return NULL;
   return lower_entry(p, p->layer_param0, e, -1, 0);
 }
 
+/* The flow-matching loss of the model's one layer (ir.h, ir_use_fm). */
+static ir_graph *lower_fm(ir_program *p) {
+  const ir_model *m = p->model;
+  const ir_layer *L = &m->layers[0];
+  int D = m->dim;
+  lw w = {ir_graph_new(p->A), p, m, NULL, NULL, 1, 0, NULL, NULL};
+  ir_graph *g = w.g;
+  ir_node *x1 = ir_input(g, 0, D);
+  if (m->context > 0) w.ctx = ir_input(g, 1, m->context);
+  ir_node *noise = ir_input(g, 2, p->noise_width);
+  ir_node *z0 = ir_slice(g, noise, 0, D), *t = ir_slice(g, noise, D, 1);
+  ir_node *d = ir_binary(g, IR_SUB, x1, z0);                   /* the target velocity */
+  ir_node *xt = ir_binary(g, IR_ADD, z0, ir_binary(g, IR_MUL, d, t));
+  ir_node *in = ir_concat(g, ir_concat(g, xt, w.ctx), ir_temb(g, L->time == TIME_SINCOS, L->time_k, t));
+  ir_node *r = ir_binary(g, IR_SUB, mlp(&w, &L->net, p->layer_param0[0], in), d);
+  ir_output(g, ir_binary(g, IR_MUL, ir_rowsum(g, ir_unary(g, IR_SQUARE, r)), ir_const(g, -1.0)));
+  ir_renumber(g);
+  return g;
+}
+
 ir_graph *ir_lower_train(ir_program *p) {
+  if (p->fm) return lower_fm(p);
   return lower_entry(p, p->layer_param0, IR_ENTRY_LOGPROB, -1, 1);
+}
+
+int ir_use_fm(ir_program *p, double a, double b, char *err, size_t errlen) {
+  const ir_model *m = p->model;
+  if (m->nlayers != 1 || (m->layers[0].kind != LAYER_CNF && m->layers[0].kind != LAYER_SDE)) {
+    snprintf(err, errlen, "%s: flow matching needs a model whose flow is one cnf layer",
+             m->name);
+    return -1;
+  }
+  if (!(a > 0 && b > 0 && a < 1e6 && b < 1e6)) {
+    snprintf(err, errlen, "the time distribution beta(%g, %g) needs 0 < a, b", a, b);
+    return -1;
+  }
+  p->fm = 1;
+  p->nnoise = 0;
+  p->noise[p->nnoise++] = (ir_noise){IR_NOISE_GAUSS, m->dim, 0, 0, 0, 0};
+  p->noise[p->nnoise++] = (ir_noise){IR_NOISE_BETA, 1, 0, 0, a, b};
+  p->noise_width = m->dim + 1;
+  p->layer_noise0[0] = 0;
+  return 0;
 }
 
 ir_graph *ir_lower_prefix(ir_program *p, int k) {

@@ -13,7 +13,7 @@ const char *ir_act_name(ir_act a) {
 const char *ir_layer_name(ir_layerkind k) {
   static const char *const names[LAYER_COUNT] = {
     "affine_coupling", "additive_coupling", "spline_coupling",
-    "permute", "actnorm", "linear_lu", "maf", "iaf", "residual",
+    "permute", "actnorm", "linear_lu", "maf", "iaf", "residual", "cnf", "sde",
   };
   return (unsigned)k < LAYER_COUNT ? names[k] : "?";
 }

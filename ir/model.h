@@ -37,10 +37,15 @@ typedef enum ir_layerkind {
   LAYER_MAF,                  /* masked autoregressive flow (made net) */
   LAYER_IAF,                  /* inverse autoregressive flow (made net) */
   LAYER_RESIDUAL,             /* i-ResNet / residual flow: x = y + g(y) inverted */
+  LAYER_CNF,                  /* continuous flow dz/dt = v(z, t, c), integrated t = 0 -> 1 */
+  LAYER_SDE,                  /* neural SDE dz = v(z, t, c) dt + sigma dW: sampling only */
   LAYER_COUNT
 } ir_layerkind;
 
 typedef enum ir_permkind { PERM_REVERSE, PERM_RANDOM, PERM_LIST } ir_permkind;
+
+typedef enum ir_timekind { TIME_SCALAR, TIME_SINCOS } ir_timekind;
+typedef enum ir_solver { SOLVER_EULER, SOLVER_HEUN, SOLVER_RK4, SOLVER_DOPRI5 } ir_solver;
 
 typedef struct ir_layer {
   ir_layerkind kind;
@@ -60,6 +65,15 @@ typedef struct ir_layer {
   double roulette;            /* series: Russian-roulette p (0: none) */
   int iters;                  /* fixed-point inverse: most iterations */
   double tol;                 /* ... stop when no coordinate moves by tol */
+  /* cnf, sde (flow-language.md 7): v(z, t) = net([z, c, temb(t)]) */
+  ir_timekind time;           /* time = scalar | sincos(K) */
+  int time_k;                 /* temb width: K for sincos, 1 for scalar */
+  ir_solver solver;           /* cnf; an sde is always Euler-Maruyama */
+  int steps;                  /* fixed-step solvers, sde */
+  double rtol, atol;          /* dopri5 */
+  int max_steps;              /* dopri5: the step budget */
+  int hutchinson;             /* trace = hutchinson (training); 0: exact */
+  double sigma;               /* sde: diffusion = const(sigma) */
 } ir_layer;
 
 typedef enum ir_base { BASE_NORMAL } ir_base;

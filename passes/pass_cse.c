@@ -12,7 +12,8 @@
 static int same(const ir_node *a, const ir_node *b) {
   if (ir_is_sink(a->op)) return a == b;   /* each sink adds its own share */
   if (a->op != b->op || a->nargs != b->nargs || a->batch != b->batch || a->rows != b->rows ||
-      a->n != b->n || a->i0 != b->i0 || a->i1 != b->i1 || a->i2 != b->i2 || a->f0 != b->f0)
+      a->n != b->n || a->i0 != b->i0 || a->i1 != b->i1 || a->i2 != b->i2 || a->f0 != b->f0 ||
+      a->f1 != b->f1)
     return 0;
   if (a->op == IR_INPUT) return 1;
   for (int k = 0; k < a->nargs; k++)

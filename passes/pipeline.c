@@ -45,7 +45,8 @@ int pass_pipeline(ir_program *p, int opt, const char *disabled, const char *stop
   for (int i = 0; i < n; i++) {
     int required = t[i].min_opt == 0;
     if (!required && (opt < t[i].min_opt || listed(disabled, t[i].name))) continue;
-    for (int e = 0; e < IR_NENTRY; e++) t[i].run(p->entry[e]);
+    for (int e = 0; e < IR_NENTRY; e++)
+      if (p->entry[e]) t[i].run(p->entry[e]);
     if (p->train) t[i].run(p->train);
     if (stop_after && strcmp(stop_after, t[i].name) == 0) break;
   }

@@ -68,8 +68,20 @@ typedef enum rt_prep_op {
   RT_PREP_MADE_MASK,                       /* W * the MADE mask of iargs (rt_made.h) */
   RT_PREP_SPECNORM,                        /* W [out,in], u (an RT_INIT_SN_U param) ->
                                               W / max(1, sigma / f); iargs[0] mode */
-  RT_PREP_GATHER                           /* W [R,N] -> [rows,n]: y[a][b] = W[I[a]][I[rows+b]],
+  RT_PREP_GATHER,                          /* W [R,N] -> [rows,n]: y[a][b] = W[I[a]][I[rows+b]],
                                               I = desc.idx + iargs[0] (a MADE block) */
+  RT_PREP_LINEAR,                          /* x [rows,in], W [n,in] [, b [1,n]] (nargs 2 or 3)
+                                              -> x W^T + b (a cnf's time columns) */
+  RT_PREP_TEMB,                            /* no args -> [rows,n]: row r the time embedding
+                                              (rt_temb.h) of t_r = f + r * f2, kind iargs[0]
+                                              (0 scalar, n = 1; 1 sincos, n even >= 4);
+                                              no gradient */
+  RT_PREP_TRACE_COEF                       /* W0 [H0,in], W1 [D,H0] -> c [1,H0], or W0, W1 [H1,H0],
+                                              W2 [D,H1] -> Q [H1,H0] (nargs 2 or 3), D = iargs[0]
+                                              <= in, Z = the first D columns of W0:
+                                              c[h] = sum_i W1[i][h] Z[h][i];
+                                              Q[k][h] = W1[k][h] sum_i W2[i][k] Z[h][i]
+                                              (a cnf's fused exact Jacobian trace) */
 } rt_prep_op;
 
 /*
@@ -104,9 +116,13 @@ typedef struct rt_prep {
   int nargs;
   int args[5];              /* < nparams: parameter; else nparams + prep index */
   int rows, n;              /* result shape */
-  double f;                 /* RT_PREP_CONST; RT_PREP_SPECNORM: lipschitz c */
+  double f;                 /* RT_PREP_CONST; RT_PREP_SPECNORM: lipschitz c;
+                               RT_PREP_TEMB: t0 */
   int iargs[4];             /* RT_PREP_MADE_MASK: kind, D, C, per;
-                               RT_PREP_SPECNORM: mode (0 evaluation, 1 train) */
+                               RT_PREP_SPECNORM: mode (0 evaluation, 1 train);
+                               RT_PREP_TEMB: kind (0 scalar, 1 sincos);
+                               RT_PREP_TRACE_COEF: D */
+  double f2;                /* RT_PREP_TEMB: dt (0 for every other op) */
 } rt_prep;
 
 /*
@@ -118,13 +134,21 @@ typedef struct rt_prep {
 **     G ~ Geometric(p) on {0, 1, ..}, P(G >= j) = (1-p)^j (p = 0: G = 0),
 **     so q_k = 1 for k <= terms, (1-p)^-(k - terms) above, and
 **     E[column k-1] = 1 for every k (the Russian-roulette estimator).
+**   RT_NOISE_GAUSS       n columns of iid N(0, 1) (flow matching's z0)
+**   RT_NOISE_BETA        n columns of iid Beta(a, b) in [0, 1] (flow
+**     matching's t); a = b = 1 exactly: uniform on [0, 1) (k / 2^24).
+** terms and p are 0 for every kind but roulette, a and b for every kind but
+** beta (a, b > 0 and finite).
 */
-typedef enum rt_noise_kind { RT_NOISE_RADEMACHER, RT_NOISE_ROULETTE } rt_noise_kind;
+typedef enum rt_noise_kind {
+  RT_NOISE_RADEMACHER, RT_NOISE_ROULETTE, RT_NOISE_GAUSS, RT_NOISE_BETA
+} rt_noise_kind;
 typedef struct rt_noise {
   rt_noise_kind kind;
   int n;                    /* columns */
   int terms;                /* RT_NOISE_ROULETTE: 0 <= terms <= n */
   double p;                 /* RT_NOISE_ROULETTE: 0 <= p < 1 */
+  double a, b;              /* RT_NOISE_BETA: the shapes */
 } rt_noise;
 
 typedef struct rt_entry_desc {
@@ -277,7 +301,13 @@ int rt_model_set_train(rt_model *m, rt_kernel train);
 ** lo = row << 24 | block << 16 | word), so it does not repeat the data
 ** shuffles of the same seed. Rademacher column j of a block is bit j % 128
 ** of word j / 128 (1: +1); a roulette block draws G from word 0's first
-** 64 bits: U in (0,1), G = floor(log U / log(1 - p)). Both 0 until set. */
+** 64 bits: U in (0,1), G = floor(log U / log(1 - p)). A gauss block's
+** columns 2k, 2k+1 are Box-Muller on word k's two 64-bit uniforms U1, U2:
+** R cos(2 pi U2), R sin(2 pi U2), R = sqrt(-2 log U1) (so n <= 2^17). Beta
+** column j (n <= 256) is X / (X + Y) of X ~ Gamma(a), Y ~ Gamma(b) from
+** words 256 j + [0, 128) and 256 j + [128, 256) (rt_train.c: Marsaglia-Tsang,
+** at most 64 tries); a = b = 1: the top 24 bits of word 256 j / 2^24.
+** Seed and counter are 0 until set. */
 void rt_model_set_noise(rt_model *m, uint64_t seed, uint64_t counter);
 int rt_model_grad(rt_model *m, size_t n, const float *x, const float *ctx, size_t ctx_rows,
                   double *loss, float *const *grads);
@@ -364,11 +394,21 @@ void rt_train_state_free(rt_train_state *s);
 /* n rows of rt_toy_dim(name) floats into out, deterministic in (name, n,
 ** seed): the 2-D "moons", "circles", "8gaussians", "checkerboard",
 ** "pinwheel", "2spirals", as in FFJORD's toy_data.py (with its scaling),
-** and the 8-D "tabular8" (nonlinear autoregressive dependencies, for MAF).
+** and the 8-D "tabular8" (nonlinear autoregressive dependencies, for MAF),
+** and the rows (without context) of the conditional sets below.
 ** An unknown name is an error listing the valid ones. */
 int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen);
-/* The width of a row of toy set name: 2 or 8; -1 for an unknown name. */
+/* The width of a row of toy set name: 2, 8 or 350; -1 for an unknown name. */
 int rt_toy_dim(const char *name);
+/* The context width of toy set name: 512 for the conditional "reach" (pi0-
+** like action chunks [50, 7] given a 512-D observation), 0 for the others,
+** -1 for an unknown name. */
+int rt_toy_context_dim(const char *name);
+/* rt_toy plus, when ctx is non-NULL, n rows of rt_toy_context_dim(name)
+** floats into ctx (an error for a set without context). The context map is
+** the same for every seed; out is the same with or without ctx. */
+int rt_toy_cond(const char *name, long n, uint64_t seed, float *out, float *ctx, char *err,
+                size_t errlen);
 
 /* Entry points of a built shared object (rt_so.c): the generated m_open
 ** calls this with the embedded descriptor text and, optionally, weights. */
@@ -432,5 +472,14 @@ void rt_k_gemm_tn_acc(int64_t m, int64_t n, int64_t k, const float *A, const flo
 #define RT_K_LOGDET_MAX 64
 float rt_k_logdet(const float *x, int64_t D);
 void rt_k_logdet_grad(const float *x, int64_t D, float g, float *out);
+/* The sde layer's Brownian increments (rt_sde.h): for each of rows rows,
+** D normals of step `step` keyed by the row's n input floats at
+** key + r * ks and the layer, into out + r * os. */
+/* One sample's dopri5 step control (rt_ode.h) on s [n + 2], y5 [n],
+** err [n] into out [n + 2]. */
+void rt_k_ode_ctrl(const float *s, const float *y5, const float *err, int64_t n, float rtol,
+                   float atol, float tend, float *out);
+void rt_k_sde_noise(const float *key, int64_t ks, int64_t n, int64_t rows, int64_t D,
+                    int64_t step, int64_t layer, float *out, int64_t os);
 
 #endif

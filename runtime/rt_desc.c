@@ -12,23 +12,28 @@
 **   param NAME f32|i64 NDIM S0 S1 INIT FAN_IN LAYER SEED NVALUES V...   (P lines)
 **   index N V...      (optional: the pool of the gather ops' index lists)
 **   entry ENTRY scratch S has_ld 0|1 nprep Q                          (5 times)
-**   prep OP ROWS N F NARGS A... [KIND D C PER | MODE]                 (Q lines)
+**   prep OP ROWS N F NARGS A... [KIND D C PER | MODE | OFF | TKIND F2 | D]  (Q lines)
 **   train scratch S nprep Q          (optional: only when has_train)
-**   prep OP ROWS N F NARGS A...                                       (Q lines)
+**   prep OP ROWS N F NARGS A... [...]                                 (Q lines)
 **   noise NB                         (optional: only in train, NB > 0)
-**   block KIND N TERMS P                                             (NB lines)
+**   block KIND N TERMS P [A B]                                       (NB lines)
 **   end
 **
 ** ENTRY is encode, encode_ld, decode, decode_ld, logprob, in that order.
 ** INIT is linear_weight linear_bias zero perm_random perm_list lu_lower
 ** lu_upper lu_log_diag lu_sign lu_perm sn_u; OP is exp neg sum add sub mul
-** const lu_w lu_winv made_mask specnorm gather (its one int: the offset of
-** its rows + N indices in the pool): made_mask alone has the four ints
-** KIND D C PER (its mask: rt_made.h), specnorm alone one, MODE (0
-** evaluation, 1 train; its F is the lipschitz constant). The noise blocks
-** (KIND rademacher or roulette; TERMS and P are 0 for rademacher) are the
-** train kernel's random input; their widths sum to noise_width. F and P are
-** printed with %.17g so they read back exactly. Names hold no white space.
+** const lu_w lu_winv made_mask specnorm gather linear temb trace_coef. made_mask alone
+** has the four ints KIND D C PER (its mask: rt_made.h), specnorm one, MODE
+** (0 evaluation, 1 train; its F is the lipschitz constant), gather one, OFF
+** (the offset of its rows + N indices in the pool), temb two fields, TKIND
+** (0 scalar, 1 sincos: rt_temb.h) and F2 = dt, its F being t0 (row r is the
+** embedding of F + r * F2; NARGS 0). linear has NARGS 2 or 3: x, W [, b].
+** trace_coef has NARGS 2 (W0 [H0,in], W1 [D,H0]; result [1,H0]) or 3 (W0,
+** W1 [H1,H0], W2 [D,H1]; result [H1,H0]) and one int, D (1 <= D <= in).
+** The noise blocks (KIND rademacher, roulette, gauss or beta; TERMS and P
+** are 0 but for roulette; beta alone has the shapes A B) are the train
+** kernel's random input; their widths sum to noise_width. F, F2, P, A and B
+** are printed with %.17g so they read back exactly. Names hold no white space.
 ** Blank lines and lines starting with '#' are ignored.
 */
 #include "rt_internal.h"
@@ -37,6 +42,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,16 +58,22 @@ static const char *const init_names[] = {
 #define NINIT ((int)(sizeof init_names / sizeof init_names[0]))
 static const char *const op_names[] = {
   "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv", "made_mask",
-  "specnorm", "gather"
+  "specnorm", "gather", "linear", "temb", "trace_coef"
 };
 #define NOP ((int)(sizeof op_names / sizeof op_names[0]))
-static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1 };
-static const char *const noise_names[] = { "rademacher", "roulette" };
-#define NNOISE_KIND 2
+/* operands: at least op_arity, at most op_arity_max */
+static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 2, 0, 2 };
+static const int op_arity_max[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 3, 0, 3 };
+static const char *const noise_names[] = { "rademacher", "roulette", "gauss", "beta" };
+#define NNOISE_KIND 4
 /* Limits of the noise layout, so a counter fits rt_model_set_noise's
-** Philox counter (lo = row << 24 | block << 16 | word, 128 bits a word). */
+** Philox counter (lo = row << 24 | block << 16 | word, 65536 words): 128
+** rademacher columns a word, 2 gauss columns a word, 256 words a beta
+** column. */
 #define MAX_NOISE_BLOCKS 256
 #define MAX_NOISE_COLS (65536 * 128)
+#define MAX_GAUSS_COLS (65536 * 2)
+#define MAX_BETA_COLS (65536 / 256)
 
 /* ------------------------------------------------------------------ */
 /* formatting                                                          */
@@ -94,7 +106,9 @@ static void format_preps(sbuf *b, const rt_entry_desc *en) {
     for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(b, " %d", pr->args[a]);
     if (pr->op == RT_PREP_MADE_MASK)
       for (int k = 0; k < 4; k++) sb_printf(b, " %d", pr->iargs[k]);
-    if (pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_GATHER) sb_printf(b, " %d", pr->iargs[0]);
+    if (pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_GATHER || pr->op == RT_PREP_TRACE_COEF)
+      sb_printf(b, " %d", pr->iargs[0]);
+    if (pr->op == RT_PREP_TEMB) sb_printf(b, " %d %.17g", pr->iargs[0], pr->f2);
     sb_printf(b, "\n");
   }
 }
@@ -105,7 +119,9 @@ static void format_noise(sbuf *b, const rt_desc *d) {
   for (int k = 0; k < d->nnoise; k++) {
     const rt_noise *z = &d->noise[k];
     int kind = (int)z->kind >= 0 && (int)z->kind < NNOISE_KIND ? (int)z->kind : 0;
-    sb_printf(b, "block %s %d %d %.17g\n", noise_names[kind], z->n, z->terms, z->p);
+    sb_printf(b, "block %s %d %d %.17g", noise_names[kind], z->n, z->terms, z->p);
+    if (z->kind == RT_NOISE_BETA) sb_printf(b, " %.17g %.17g", z->a, z->b);
+    sb_printf(b, "\n");
   }
 }
 
@@ -325,14 +341,36 @@ static int bad_gather(const rt_desc *d, const rt_prep *p, int R, int N) {
   return 0;
 }
 
+/* temb: kind 0 of width 1 or kind 1 of an even width >= 4, rows >= 1,
+** t0 and dt finite. */
+static int bad_temb(const rt_prep *p) {
+  if (p->rows < 1 || !isfinite(p->f) || !isfinite(p->f2)) return 1;
+  if (p->iargs[0] == 0) return p->n != 1;
+  return p->iargs[0] != 1 || p->n < 4 || p->n % 2 != 0;
+}
+
+/* trace_coef: W0 [H0, in] with 1 <= D <= in; nargs 2: W1 [D, H0], result
+** [1, H0]; nargs 3: W1 [H1, H0], W2 [D, H1], result [H1, H0]; all floats. */
+static int bad_trace_coef(const rt_prep *p, const int *r, const int *n, const int *isint) {
+  int D = p->iargs[0], H0 = r[0];
+  if (isint[0] || isint[1] || D < 1 || n[0] < D || H0 < 1 || p->n != H0 || n[1] != H0)
+    return 1;
+  if (p->nargs == 2) return r[1] != D || p->rows != 1;
+  return isint[2] || r[1] < 1 || p->rows != r[1] || r[2] != D || n[2] != r[1];
+}
+
 static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, int q,
                       char *err, size_t errlen) {
   const rt_prep *p = &en->prep[q];
   if ((int)p->op < 0 || (int)p->op >= NOP)
     return rt_errf(err, errlen, "descriptor: %s prep %d: bad op", E, q);
-  if (p->nargs != op_arity[p->op])
-    return rt_errf(err, errlen, "descriptor: %s prep %d: %s takes %d operands, not %d",
-                   E, q, op_names[p->op], op_arity[p->op], p->nargs);
+  if (p->nargs < op_arity[p->op] || p->nargs > op_arity_max[p->op]) {
+    if (op_arity[p->op] == op_arity_max[p->op])
+      return rt_errf(err, errlen, "descriptor: %s prep %d: %s takes %d operands, not %d",
+                     E, q, op_names[p->op], op_arity[p->op], p->nargs);
+    return rt_errf(err, errlen, "descriptor: %s prep %d: %s takes %d to %d operands, not %d",
+                   E, q, op_names[p->op], op_arity[p->op], op_arity_max[p->op], p->nargs);
+  }
   if (p->rows < 0 || p->n < 0)
     return rt_errf(err, errlen, "descriptor: %s prep %d: negative size", E, q);
   int r[5], n[5], isint[5];
@@ -368,6 +406,16 @@ static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, 
     break;
   case RT_PREP_GATHER:
     bad = isint[0] || bad_gather(d, p, r[0], n[0]);
+    break;
+  case RT_PREP_LINEAR:                    /* x [rows, in], W [n, in], b [1, n] */
+    bad = isint[0] || isint[1] || p->rows != r[0] || p->n != r[1] || n[0] != n[1] ||
+          (p->nargs > 2 && (isint[2] || r[2] != 1 || n[2] != p->n));
+    break;
+  case RT_PREP_TEMB:
+    bad = bad_temb(p);
+    break;
+  case RT_PREP_TRACE_COEF:
+    bad = bad_trace_coef(p, r, n, isint);
     break;
   case RT_PREP_LU_W: case RT_PREP_LU_WINV: {
     int D = p->n;
@@ -408,10 +456,13 @@ static int check_noise(const rt_desc *d, char *err, size_t errlen) {
   long width = 0;
   for (int k = 0; k < d->nnoise; k++) {
     const rt_noise *z = &d->noise[k];
-    int roul = z->kind == RT_NOISE_ROULETTE;
-    if ((z->kind != RT_NOISE_RADEMACHER && !roul) || z->n < 1 || z->n > MAX_NOISE_COLS ||
+    int roul = z->kind == RT_NOISE_ROULETTE, beta = z->kind == RT_NOISE_BETA;
+    int maxn = z->kind == RT_NOISE_GAUSS ? MAX_GAUSS_COLS : beta ? MAX_BETA_COLS : MAX_NOISE_COLS;
+    if ((int)z->kind < 0 || (int)z->kind >= NNOISE_KIND || z->n < 1 || z->n > maxn ||
         (roul ? z->terms < 0 || z->terms > z->n || !(z->p >= 0 && z->p < 1)
-              : z->terms != 0 || z->p != 0))
+              : z->terms != 0 || z->p != 0) ||
+        (beta ? !(z->a > 0 && isfinite(z->a) && z->b > 0 && isfinite(z->b))
+              : z->a != 0 || z->b != 0))
       return rt_errf(err, errlen, "descriptor: noise block %d is malformed", k);
     width += z->n;
   }
@@ -529,6 +580,23 @@ static int tok_long(lexer *L, long lo, long hi, long *out) {
   return 0;
 }
 
+/* A number as %.17g prints it (strtod: inf and nan read too; the checks
+** refuse them where they do not belong). */
+static int tok_double(lexer *L, const char *what, double *out) {
+  char *t = token(L), *end;
+  char m[96];
+  if (!t) {
+    snprintf(m, sizeof m, "missing %s", what);
+    return lerr(L, m);
+  }
+  *out = strtod(t, &end);
+  if (*end || end == t) {
+    snprintf(m, sizeof m, "bad %s", what);
+    return lerr(L, m);
+  }
+  return 0;
+}
+
 static int tok_int(lexer *L, int lo, int hi, int *out) {
   long v;
   if (tok_long(L, lo, hi, &v)) return -1;
@@ -614,7 +682,12 @@ static int parse_prep(lexer *L, rt_prep *pr) {
     for (int k = 0; k < 4; k++)
       if (tok_int(L, 0, INT_MAX, &pr->iargs[k])) return -1;
   if (pr->op == RT_PREP_SPECNORM && tok_int(L, 0, 1, &pr->iargs[0])) return -1;
-  if (pr->op == RT_PREP_GATHER && tok_int(L, 0, INT_MAX, &pr->iargs[0])) return -1;
+  if ((pr->op == RT_PREP_GATHER || pr->op == RT_PREP_TRACE_COEF) &&
+      tok_int(L, 0, INT_MAX, &pr->iargs[0]))
+    return -1;
+  if (pr->op == RT_PREP_TEMB &&
+      (tok_int(L, 0, 1, &pr->iargs[0]) || tok_double(L, "time step", &pr->f2)))
+    return -1;
   return end_of_line(L);
 }
 
@@ -635,6 +708,9 @@ static int parse_noise(lexer *L, rt_desc *d, int maxlines) {
     if (!t) return lerr(L, "missing probability");
     z->p = strtod(t, &end);
     if (*end || end == t) return lerr(L, "bad probability");
+    if (z->kind == RT_NOISE_BETA &&
+        (tok_double(L, "beta shape a", &z->a) || tok_double(L, "beta shape b", &z->b)))
+      return -1;
     if (end_of_line(L)) return -1;
     if (d->noise_width > INT_MAX - z->n) return lerr(L, "noise too wide");
     d->noise_width += z->n;

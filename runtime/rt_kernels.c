@@ -6,6 +6,8 @@
 ** precision; no storage is needed: the knots are accumulated on the fly.
 */
 #include "rt_internal.h"
+#include "rt_ode.h"
+#include "rt_sde.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -86,7 +88,7 @@ float rt_k_rqs(float xf, const float *h, int64_t K, float bound, float *logd) {
   axis ax, ay;
   axis_init(&ax, h, K, B);
   axis_init(&ay, h + K, K, B);
-  double x0, x1, y0, y1;
+  double x0 = 0, x1 = 0, y0 = 0, y1 = 0;   /* set by axis_find / axis_knots */
   int64_t k = axis_find(&ax, x, &x0, &x1);
   axis_knots(&ay, k, &y0, &y1);
   double d0 = knot_deriv(h + 2 * K, K, k), d1 = knot_deriv(h + 2 * K, K, k + 1);
@@ -107,7 +109,7 @@ float rt_k_rqs_inv(float yf, const float *h, int64_t K, float bound, float *logd
   axis ax, ay;
   axis_init(&ax, h, K, B);
   axis_init(&ay, h + K, K, B);
-  double x0, x1, y0, y1;
+  double x0 = 0, x1 = 0, y0 = 0, y1 = 0;   /* set by axis_find / axis_knots */
   int64_t k = axis_find(&ay, y, &y0, &y1);
   axis_knots(&ax, k, &x0, &x1);
   double d0 = knot_deriv(h + 2 * K, K, k), d1 = knot_deriv(h + 2 * K, K, k + 1);
@@ -261,6 +263,8 @@ float rt_k_rqs_inv_grad(float yf, const float *h, int64_t K, float bound, float 
   return (float)c;
 }
 
+#define RT_K_GEMV_ROWS 4
+
 void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                const float *bias, float *C) {
   if (m <= 0 || n <= 0) return;
@@ -269,6 +273,12 @@ void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
     else memset(C + i * n, 0, (size_t)n * sizeof(float));
   }
   if (k <= 0) return;
+  if (m < RT_K_GEMV_ROWS) {   /* a few rows: matrix-vector products stream B once each */
+    for (int64_t i = 0; i < m; i++)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)k, 1.0f, B, (int)k, A + i * k, 1,
+                  1.0f, C + i * n, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f,
               A, (int)k, B, (int)k, 1.0f, C, (int)n);
 }
@@ -353,4 +363,27 @@ void rt_k_logdet_grad(const float *x, int64_t D, float g, float *out) {
     }
     for (int64_t j = 0; j < D; j++) out[c * D + j] = (float)((double)g * v[j]);
   }
+}
+
+void rt_k_sde_noise(const float *key, int64_t ks, int64_t n, int64_t rows, int64_t D,
+                    int64_t step, int64_t layer, float *out, int64_t os) {
+  double v[RT_K_SDE_CHUNK];
+  for (int64_t r = 0; r < rows; r++) {
+    uint64_t k = rt_sde_key(key + r * ks, (long)n, (long)layer);
+    for (int64_t j0 = 0; j0 < D; j0 += RT_K_SDE_CHUNK) {   /* pairs stay within a chunk */
+      int64_t m = D - j0 < RT_K_SDE_CHUNK ? D - j0 : RT_K_SDE_CHUNK;
+      rt_sde_normals_from(k, (long)step, (long)j0, (long)m, v);
+      for (int64_t j = 0; j < m; j++) out[r * os + j0 + j] = (float)v[j];
+    }
+  }
+}
+
+void rt_k_ode_ctrl(const float *s, const float *y5, const float *err, int64_t n, float rtol,
+                   float atol, float tend, float *out) {
+  double ds[RT_K_ODE_MAX + 2], d5[RT_K_ODE_MAX], de[RT_K_ODE_MAX], o[RT_K_ODE_MAX + 2];
+  if (n < 0 || n > RT_K_ODE_MAX) return;   /* the code generator refuses more */
+  for (int64_t i = 0; i < n; i++) d5[i] = y5[i], de[i] = err[i];
+  for (int64_t i = 0; i < n + 2; i++) ds[i] = s[i];
+  rt_ode_ctrl(ds, d5, de, (long)n, rtol, atol, tend, o);
+  for (int64_t i = 0; i < n + 2; i++) out[i] = (float)o[i];
 }

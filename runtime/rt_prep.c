@@ -12,12 +12,26 @@
 ** and its inverse V = W^-1 first through G_W = -V^T G_V V^T. sign and perm
 ** get no gradient.
 **
+** linear (y = x W^T + b, x [r, in], W [out, in]) goes back as
+**   G_x = G W,  G_W = G^T x,  G_b = the column sums of G;
+** temb is a function of constants only and gets nothing.
+**
+** trace_coef (rt.h; Z = the first D columns of W0 [H0, in]) goes back as
+**   nargs 2, c[h] = sum_i W1[i][h] Z[h][i]:
+**     G_W1[i][h] = G[h] Z[h][i],  G_Z[h][i] = G[h] W1[i][h];
+**   nargs 3, Q = W1 .* P, P[k][h] = sum_i W2[i][k] Z[h][i], with
+**   G_P = G .* W1:
+**     G_W1 = G .* P,  G_W2[i][k] = sum_h G_P[k][h] Z[h][i],
+**     G_Z[h][i] = sum_k G_P[k][h] W2[i][k];
+** the columns of W0 from D on get nothing.
+**
 ** Spectral normalisation (rt.h, RT_PREP_SPECNORM) keeps u, v and sigma of
 ** its forward run in a tail after its result, so the reverse needs no
 ** recomputation and the power iteration allocates nothing.
 */
 #include "rt_internal.h"
 #include "rt_made.h"
+#include "rt_temb.h"
 
 #include <math.h>
 #include <string.h>
@@ -237,6 +251,46 @@ static void prep_specnorm(const rt_prep *p, const opnd *o, float *uparam, double
     for (size_t k = 0; k < out; k++) uparam[k] = (float)t.u[k];
 }
 
+/* y [r, out] = x [r, in] W[out, in]^T (+ b [1, out] when nargs == 3). */
+static void prep_linear(const rt_prep *p, const opnd *o, double *out) {
+  size_t R = (size_t)p->rows, N = (size_t)p->n, I = o[1].cols;
+  for (size_t r = 0; r < R; r++)
+    for (size_t j = 0; j < N; j++) {
+      double s = p->nargs > 2 ? at(&o[2], j) : 0.0;
+      for (size_t i = 0; i < I; i++) s += at(&o[0], r * I + i) * at(&o[1], j * I + i);
+      out[r * N + j] = s;
+    }
+}
+
+/* P[k][h] = sum_{i<D} W2[i][k] W0[h][i] (nargs 3; o[2] W2 [D, H1]), or
+** c[h] = sum_{i<D} W1[i][h] W0[h][i] (nargs 2, k = 0; o[1] W1 [D, H0]). */
+static double trace_p(const rt_prep *p, const opnd *o, size_t k, size_t h) {
+  size_t D = (size_t)p->iargs[0], H0 = (size_t)p->n, in = o[0].cols, H1 = (size_t)p->rows;
+  double s = 0;
+  for (size_t i = 0; i < D; i++)
+    s += (p->nargs > 2 ? at(&o[2], i * H1 + k) : at(&o[1], i * H0 + h)) * at(&o[0], h * in + i);
+  return s;
+}
+
+/* c [1, H0] or Q [H1, H0] = W1 .* P. */
+static void prep_trace_coef(const rt_prep *p, const opnd *o, double *out) {
+  size_t H1 = (size_t)p->rows, H0 = (size_t)p->n;
+  for (size_t k = 0; k < H1; k++)
+    for (size_t h = 0; h < H0; h++) {
+      double P = trace_p(p, o, k, h);
+      out[k * H0 + h] = p->nargs > 2 ? at(&o[1], k * H0 + h) * P : P;
+    }
+}
+
+/* Row r: the embedding of t_r = f + r * f2. */
+static void prep_temb(const rt_prep *p, double *out) {
+  for (int r = 0; r < p->rows; r++) {
+    double t = p->f + (double)r * p->f2;
+    for (int j = 0; j < p->n; j++)
+      out[(size_t)r * (size_t)p->n + (size_t)j] = rt_temb_value(p->iargs[0], p->n, j, t);
+  }
+}
+
 static void prep_one(const rt_desc *d, const rt_prep *p, const opnd *o, double *out) {
   size_t len = (size_t)p->rows * (size_t)p->n;
   switch (p->op) {
@@ -263,6 +317,9 @@ static void prep_one(const rt_desc *d, const rt_prep *p, const opnd *o, double *
   case RT_PREP_GATHER:
     for (size_t k = 0; k < len; k++) out[k] = at(&o[0], gather_at(d, p, &o[0], k));
     break;
+  case RT_PREP_LINEAR: prep_linear(p, o, out); break;
+  case RT_PREP_TEMB: prep_temb(p, out); break;
+  case RT_PREP_TRACE_COEF: prep_trace_coef(p, o, out); break;
   }
 }
 
@@ -321,6 +378,48 @@ static void specnorm_back(const rt_prep *p, const opnd *o, const double *val, co
     for (size_t i = 0; i < in; i++) {
       size_t k = r * in + i;
       acc(gw, &o[0], k, (g[k] - gdotw / sigma * t.u[r] * t.v[i]) / *t.div);
+    }
+}
+
+/* The adjoint G [r, out] of y = x W^T + b into x, W and b (each NULL: not
+** wanted). */
+static void linear_back(const rt_prep *p, const opnd *o, const double *G, double *gx,
+                        double *gw, double *gb) {
+  size_t R = (size_t)p->rows, N = (size_t)p->n, I = o[1].cols;
+  for (size_t r = 0; r < R; r++)
+    for (size_t j = 0; j < N; j++) {
+      double g = G[r * N + j];
+      if (p->nargs > 2) acc(gb, &o[2], j, g);
+      for (size_t i = 0; i < I; i++) {
+        acc(gx, &o[0], r * I + i, g * at(&o[1], j * I + i));
+        acc(gw, &o[1], j * I + i, g * at(&o[0], r * I + i));
+      }
+    }
+}
+
+/* The adjoint G of c [1, H0] or Q [H1, H0] into W0, W1 (and W2) (each
+** NULL: not wanted); P is recomputed, nothing is allocated. */
+static void trace_coef_back(const rt_prep *p, const opnd *o, const double *G, double *gw0,
+                            double *gw1, double *gw2) {
+  size_t D = (size_t)p->iargs[0], H0 = (size_t)p->n, in = o[0].cols, H1 = (size_t)p->rows;
+  int three = p->nargs > 2;
+  for (size_t k = 0; k < H1; k++)
+    for (size_t h = 0; h < H0; h++) {
+      double g = G[k * H0 + h];
+      if (three) {                        /* G_W1 = G .* P; then G_P = G .* W1 */
+        if (gw1) acc(gw1, &o[1], k * H0 + h, g * trace_p(p, o, k, h));
+        g *= at(&o[1], k * H0 + h);
+      }
+      for (size_t i = 0; i < D; i++) {
+        size_t zi = h * in + i;
+        if (three) {
+          acc(gw2, &o[2], i * H1 + k, g * at(&o[0], zi));
+          acc(gw0, &o[0], zi, g * at(&o[2], i * H1 + k));
+        } else {
+          acc(gw1, &o[1], i * H0 + h, g * at(&o[0], zi));
+          acc(gw0, &o[0], zi, g * at(&o[1], i * H0 + h));
+        }
+      }
     }
 }
 
@@ -410,6 +509,9 @@ void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *pa
     case RT_PREP_SPECNORM:                /* u is held constant: no adjoint */
       specnorm_back(p, o, y, g, ga[0]);
       break;
+    case RT_PREP_LINEAR: linear_back(p, o, g, ga[0], ga[1], ga[2]); break;
+    case RT_PREP_TEMB: break;             /* constants only */
+    case RT_PREP_TRACE_COEF: trace_coef_back(p, o, g, ga[0], ga[1], ga[2]); break;
     }
   }
 }

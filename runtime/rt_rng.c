@@ -8,29 +8,12 @@
 ** order of Random123's known-answer tests.
 */
 #include "rt_internal.h"
+#include "rt_philox.h"
 
 #include <math.h>
 
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
 void rt_philox(uint64_t key, uint64_t ctr_hi, uint64_t ctr_lo, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)ctr_lo, c1 = (uint32_t)(ctr_lo >> 32);
-  uint32_t c2 = (uint32_t)ctr_hi, c3 = (uint32_t)(ctr_hi >> 32);
-  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-  for (int r = 0; r < 10; r++) {
-    if (r) { k0 += PHILOX_W0; k1 += PHILOX_W1; }
-    uint64_t p0 = (uint64_t)PHILOX_M0 * c0, p1 = (uint64_t)PHILOX_M1 * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-    uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c1 = (uint32_t)p1;
-    c3 = (uint32_t)p0;
-    c0 = n0;
-    c2 = n2;
-  }
-  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+  rt_philox_inline(key, ctr_hi, ctr_lo, out);
 }
 
 void rt_philox64(uint64_t key, uint64_t hi, uint64_t lo, uint64_t out[2]) {
@@ -40,10 +23,7 @@ void rt_philox64(uint64_t key, uint64_t hi, uint64_t lo, uint64_t out[2]) {
   out[1] = (uint64_t)w[3] << 32 | w[2];
 }
 
-/* 53 random bits, centred in their cell: never 0, never 1. */
-double rt_u01_from64(uint64_t x) {
-  return ((double)(x >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
+double rt_u01_from64(uint64_t x) { return rt_u01_inline(x); }
 
 float rt_uniform01(uint64_t seed, uint64_t stream, uint64_t i) {
   uint32_t w[4];

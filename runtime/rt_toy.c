@@ -15,6 +15,17 @@
 **                (x6, x7) on a ring at an angle U(0, 2 pi), radius 1.8 if
 **                x2 > 0 else 1.0, radial noise 0.1 (bimodal x7 given x6).
 **                Each x_i depends on earlier ones only; e fresh N(0,1).
+** and one conditional set (rows plus a context row), for flow matching:
+**   reach        robot-like action chunks of 50 steps x 7 joints (350
+**                values, row-major [50, 7]): start q0 ~ U(-1,1)^7, goal
+**                g ~ U(-1,1)^7, phase ph ~ U(0, 2 pi);
+**                a[s][j] = q0_j + (g_j - q0_j) mj(s/49)
+**                          + 0.1 sin(ph + 2 pi s/49 + j) + 0.01 e,
+**                mj(r) = 10 r^3 - 15 r^4 + 6 r^5 (minimum jerk). Context:
+**                512 values, tanh(P f + b) of f = (q0, g, cos ph, sin ph)
+**                (16 numbers), P [512, 16] with entries N(0, 1/16) and
+**                b ~ N(0, 0.25^2), both drawn from a fixed seed (REACH_OBS
+**                below), not from the data seed: every set shares the map.
 ** Why per-row streams: value (row, what) depends only on (seed, row) so the
 ** set is reproducible for a seed; moons and circles place their points on
 ** sklearn's linspace and shuffle the rows, as make_moons does. pinwheel and
@@ -23,11 +34,13 @@
 #include "rt_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const double PI = 3.14159265358979323846;
 
-enum { S_NORMAL = 1, S_UNIF, S_PICK, S_SHUFFLE, S_TAB = 16 };
+enum { S_NORMAL = 1, S_UNIF, S_PICK, S_SHUFFLE, S_TAB = 16, S_REACH = 32, S_REACH_NOISE = 64,
+       S_OBS = 1024 };
 
 /* Two uniforms in (0,1) for (row, what). */
 static void uni2(uint64_t seed, int what, long row, double u[2]) {
@@ -185,6 +198,68 @@ static void tabular8(long n, uint64_t seed, float *out) {
   }
 }
 
+enum { REACH_T = 50, REACH_J = 7, REACH_D = REACH_T * REACH_J, REACH_F = 16, REACH_C = 512 };
+static const uint64_t REACH_OBS = 0x6f62736d6170ull;   /* "obsmap": the observation map's seed */
+
+/* The observation map: P [REACH_C, REACH_F] row-major, then b [REACH_C],
+** into pb. Drawn per call (cheap), so that nothing is shared between
+** threads. */
+static void reach_obs_map(double *pb) {
+  for (long k = 0; k < (long)REACH_C * (REACH_F + 1); k += 2) {
+    double z[2];
+    normal2w(REACH_OBS, S_OBS, k / 2, z);
+    pb[k] = 0.25 * z[0];                  /* std 1/4 = sqrt(1/16), P and b alike */
+    pb[k + 1] = 0.25 * z[1];
+  }
+}
+
+static double minjerk(double r) { return r * r * r * (10 + r * (-15 + 6 * r)); }
+
+/* x: n rows of REACH_D; ctx (may be NULL): n rows of REACH_C. */
+static int reach(long n, uint64_t seed, float *x, float *ctx) {
+  double *pb = NULL;
+  if (ctx) {
+    pb = malloc((size_t)REACH_C * (REACH_F + 1) * sizeof *pb);
+    if (!pb) return -1;
+    reach_obs_map(pb);
+  }
+  double mj[REACH_T];
+  for (int s = 0; s < REACH_T; s++) mj[s] = minjerk((double)s / (REACH_T - 1));
+  for (long i = 0; i < n; i++) {
+    double u[REACH_F], e[REACH_D];
+    for (int k = 0; k < REACH_F / 2; k++) uni2(seed, S_REACH + k, i, u + 2 * k);
+    for (int k = 0; k < REACH_D / 2; k++) normal2w(seed, S_REACH_NOISE + k, i, e + 2 * k);
+    double q0[REACH_J], g[REACH_J], ph = 2 * PI * u[14];      /* u[15] unused */
+    for (int j = 0; j < REACH_J; j++) {
+      q0[j] = 2 * u[j] - 1;
+      g[j] = 2 * u[REACH_J + j] - 1;
+    }
+    float *xi = x + i * REACH_D;
+    for (int s = 0; s < REACH_T; s++)
+      for (int j = 0; j < REACH_J; j++)
+        xi[s * REACH_J + j] = (float)(q0[j] + (g[j] - q0[j]) * mj[s] +
+                                      0.1 * sin(ph + 2 * PI * s / (REACH_T - 1) + j) +
+                                      0.01 * e[s * REACH_J + j]);
+    if (!ctx) continue;
+    double f[REACH_F];
+    for (int j = 0; j < REACH_J; j++) {
+      f[j] = q0[j];
+      f[REACH_J + j] = g[j];
+    }
+    f[14] = cos(ph);
+    f[15] = sin(ph);
+    float *ci = ctx + i * REACH_C;
+    for (int r = 0; r < REACH_C; r++) {
+      const double *p = pb + (long)r * REACH_F;
+      double a = pb[(long)REACH_C * REACH_F + r];
+      for (int k = 0; k < REACH_F; k++) a += p[k] * f[k];
+      ci[r] = (float)tanh(a);
+    }
+  }
+  free(pb);
+  return 0;
+}
+
 static const struct {
   const char *name;
   int dim;
@@ -195,22 +270,44 @@ static const struct {
   { "tabular8", 8, tabular8 },
 };
 
+static const char VALID[] = "moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals, "
+                            "tabular8, reach";
+
+static int unknown(const char *name, char *err, size_t errlen) {
+  char pn[64];
+  return rt_errf(err, errlen, "unknown toy data set '%s'; the valid ones are %s",
+                 name ? rt_printable(name, strlen(name), pn, sizeof pn) : "(none)", VALID);
+}
+
 int rt_toy_dim(const char *name) {
   for (size_t i = 0; name && i < sizeof toys / sizeof toys[0]; i++)
     if (!strcmp(name, toys[i].name)) return toys[i].dim;
+  if (name && !strcmp(name, "reach")) return REACH_D;
   return -1;
 }
 
-int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen) {
-  size_t nt = sizeof toys / sizeof toys[0];
-  for (size_t i = 0; name && i < nt; i++) {
-    if (strcmp(name, toys[i].name)) continue;
-    if (n < 0 || (n > 0 && !out)) return rt_errf(err, errlen, "toy %s: bad row count or output", name);
-    toys[i].fn(n, seed, out);
+int rt_toy_context_dim(const char *name) {
+  if (name && !strcmp(name, "reach")) return REACH_C;
+  return rt_toy_dim(name) < 0 ? -1 : 0;
+}
+
+int rt_toy_cond(const char *name, long n, uint64_t seed, float *out, float *ctx, char *err,
+                size_t errlen) {
+  int c = rt_toy_context_dim(name);
+  if (c < 0) return unknown(name, err, errlen);
+  if (n < 0 || (n > 0 && !out)) return rt_errf(err, errlen, "toy %s: bad row count or output", name);
+  if (ctx && c == 0)
+    return rt_errf(err, errlen, "toy %s has no context (the conditional sets: reach)", name);
+  if (c > 0) {
+    if (reach(n, seed, out, n > 0 ? ctx : NULL))
+      return rt_errf(err, errlen, "toy %s: out of memory", name);
     return 0;
   }
-  char pn[64];
-  return rt_errf(err, errlen, "unknown toy data set '%s'; the valid ones are moons, circles, "
-                 "8gaussians, checkerboard, pinwheel, 2spirals, tabular8",
-                 name ? rt_printable(name, strlen(name), pn, sizeof pn) : "(none)");
+  for (size_t i = 0; i < sizeof toys / sizeof toys[0]; i++)
+    if (!strcmp(name, toys[i].name)) toys[i].fn(n, seed, out);
+  return 0;
+}
+
+int rt_toy(const char *name, long n, uint64_t seed, float *out, char *err, size_t errlen) {
+  return rt_toy_cond(name, n, seed, out, NULL, err, errlen);
 }

@@ -12,7 +12,10 @@
 **
 ** The noise input (rt.h, rt_model_set_noise) is filled per tile from
 ** Philox with the row's index in the batch in the counter, so it too is
-** the same for any thread count and any split into tiles.
+** the same for any thread count and any split into tiles. Every value is
+** a function of its row's and block's counters alone (gauss: Box-Muller;
+** beta: two Marsaglia-Tsang gammas whose tries use fixed words), never of
+** another row's draws.
 */
 #include "rt_internal.h"
 
@@ -174,6 +177,75 @@ static void fill_roulette(uint64_t key, uint64_t ctr, uint64_t lo, const rt_nois
     out[k - 1] = k > N ? 0.0f : k <= z->terms ? 1.0f : (float)exp((double)(k - z->terms) * lq);
 }
 
+/* Columns 2k, 2k+1 of N(0, 1): Box-Muller on word k's two uniforms. */
+static void fill_gauss(uint64_t key, uint64_t ctr, uint64_t lo, int n, float *out) {
+  const double two_pi = 6.283185307179586476925286766559;
+  for (int w = 0; 2 * w < n; w++) {
+    uint64_t u[2];
+    rt_philox64(key, ctr, lo | (uint64_t)w, u);
+    double rad = sqrt(-2.0 * log(rt_u01_from64(u[0]))), th = two_pi * rt_u01_from64(u[1]);
+    out[2 * w] = (float)(rad * cos(th));
+    if (2 * w + 1 < n) out[2 * w + 1] = (float)(rad * sin(th));
+  }
+}
+
+/* Why bounded: Marsaglia-Tsang accepts a try with probability >= 0.95 for
+** every shape >= 1 (the boosted shape is >= 1), so 64 rejections in a row
+** have probability < 1e-80; the bound keeps the words inside the column's
+** 128 and the time fixed. If it ever happens, the draw is d = shape - 1/3
+** (the sampler's centre, about the median) instead. */
+#define GAMMA_TRIES 64
+
+/* log of a Gamma(shape) variate (shape > 0) from words lo + [0, 128): try i
+** takes a normal from word 2i (Box-Muller, cos branch) and its acceptance
+** uniform from word 2i+1's first 64 bits; shape < 1 is Gamma(shape + 1)
+** U^(1/shape), U from word 1's second 64 bits. In logs, so that tiny shapes
+** (U^(1/shape) below the smallest double) still give a ratio. */
+static double log_gamma_variate(uint64_t key, uint64_t ctr, uint64_t lo, double shape) {
+  const double two_pi = 6.283185307179586476925286766559;
+  double boost = 0, a = shape;
+  if (shape < 1) {
+    uint64_t u[2];
+    rt_philox64(key, ctr, lo | 1u, u);
+    boost = log(rt_u01_from64(u[1])) / shape;
+    a = shape + 1;
+  }
+  double d = a - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+  for (int i = 0; i < GAMMA_TRIES; i++) {
+    uint64_t u[2], v2[2];
+    rt_philox64(key, ctr, lo | (uint64_t)(2 * i), u);
+    double x = sqrt(-2.0 * log(rt_u01_from64(u[0]))) * cos(two_pi * rt_u01_from64(u[1]));
+    double v = 1 + c * x;
+    if (v <= 0) continue;
+    v = v * v * v;
+    rt_philox64(key, ctr, lo | (uint64_t)(2 * i + 1), v2);
+    double U = rt_u01_from64(v2[0]), x2 = x * x;
+    if (U < 1 - 0.0331 * x2 * x2 || log(U) < 0.5 * x2 + d * (1 - v + log(v)))
+      return log(d) + log(v) + boost;
+  }
+  return log(d) + boost;
+}
+
+/* Column j of Beta(a, b): X / (X + Y), X ~ Gamma(a) from words 256 j +
+** [0, 128), Y ~ Gamma(b) from 256 j + [128, 256), as 1 / (1 + exp(log Y -
+** log X)), clamped into [0, 1]; a = b = 1: uniform on [0, 1), the top 24
+** bits of word 256 j over 2^24 (exact in float). */
+static void fill_beta(uint64_t key, uint64_t ctr, uint64_t lo, const rt_noise *z, float *out) {
+  for (int j = 0; j < z->n; j++) {
+    uint64_t base = lo | (uint64_t)j << 8;
+    if (z->a == 1 && z->b == 1) {
+      uint64_t u[2];
+      rt_philox64(key, ctr, base, u);
+      out[j] = (float)((double)(u[0] >> 40) * (1.0 / 16777216.0));
+      continue;
+    }
+    double lx = log_gamma_variate(key, ctr, base, z->a);
+    double ly = log_gamma_variate(key, ctr, base | 128u, z->b);
+    double v = 1.0 / (1.0 + exp(ly - lx));
+    out[j] = (float)(v < 0 ? 0 : v > 1 ? 1 : v);
+  }
+}
+
 /* Rows [row0, row0 + nr) of the batch into buf, nr x noise_width. */
 static void fill_noise(const rt_model *m, float *buf, size_t row0, size_t nr) {
   const rt_desc *d = m->d;
@@ -183,8 +255,13 @@ static void fill_noise(const rt_model *m, float *buf, size_t row0, size_t nr) {
     uint64_t lo = (uint64_t)(row0 + r) << 24;
     for (int b = 0; b < d->nnoise; b++) {
       const rt_noise *z = &d->noise[b];
-      if (z->kind == RT_NOISE_RADEMACHER) fill_rademacher(key, ctr, lo | (uint64_t)b << 16, z->n, row);
-      else fill_roulette(key, ctr, lo | (uint64_t)b << 16, z, row);
+      uint64_t blo = lo | (uint64_t)b << 16;
+      switch (z->kind) {
+      case RT_NOISE_RADEMACHER: fill_rademacher(key, ctr, blo, z->n, row); break;
+      case RT_NOISE_ROULETTE: fill_roulette(key, ctr, blo, z, row); break;
+      case RT_NOISE_GAUSS: fill_gauss(key, ctr, blo, z->n, row); break;
+      case RT_NOISE_BETA: fill_beta(key, ctr, blo, z, row); break;
+      }
       row += z->n;
     }
   }

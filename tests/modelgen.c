@@ -60,6 +60,14 @@ static void random_layer(ir_arena *A, mg_rng *r, int D, ir_layerkind kind, ir_la
     L->terms = 2;
     L->roulette = 0.5;
   }
+  if (kind == LAYER_CNF || kind == LAYER_SDE) {
+    L->time = pick(r, 2) ? TIME_SINCOS : TIME_SCALAR;
+    L->time_k = L->time == TIME_SINCOS ? 4 + 2 * pick(r, 3) : 1;
+    L->solver = (ir_solver)pick(r, 3);
+    L->steps = 1 + pick(r, 3);
+    L->hutchinson = 0;   /* tests that want the estimator set it */
+    L->sigma = 0.5;
+  }
 }
 
 ir_model *mg_model(ir_arena *A, mg_rng *r, int D, int C, int nlayers, const ir_layerkind *kinds) {
@@ -73,7 +81,8 @@ ir_model *mg_model(ir_arena *A, mg_rng *r, int D, int C, int nlayers, const ir_l
   ir_layer *L = ir_alloc(A, (size_t)(nlayers ? nlayers : 1) * sizeof *L);
   int ar = 0;
   for (int k = 0; k < nlayers; k++) {
-    random_layer(A, r, D, kinds ? kinds[k] : (ir_layerkind)pick(r, LAYER_COUNT), &L[k]);
+    /* random kinds: the discrete layers (continuous ones: test_cnf.c) */
+    random_layer(A, r, D, kinds ? kinds[k] : (ir_layerkind)pick(r, LAYER_CNF), &L[k]);
     ar |= L[k].kind == LAYER_MAF || L[k].kind == LAYER_IAF;
   }
   /* exp scales compound through the D steps of a sequential direction:

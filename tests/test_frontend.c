@@ -16,6 +16,13 @@
 **   spline_coupling    net=mlp[...] act=A bins=B bound=X
 **   permute            perm=reverse | perm=random seed=S | perm=[p0,p1,...]
 **   actnorm, linear_lu (none)
+**   maf, iaf           net=made[...] act=A scale=S | transform=spline bins=B bound=X
+**   residual           net=mlp[...] act=A lipschitz=L logdet=exact | logdet=series
+**                      terms=T roulette=P, then iters=N tol=X
+**   cnf                net=mlp[...] act=A time=T k=K SOLVER trace=exact|hutchinson
+**   sde                net=mlp[...] act=A sigma=X steps=N time=T k=K solver=euler
+** with T scalar or sincos, K the time embedding's width (time_k), and SOLVER
+** solver=euler|heun|rk4 steps=N or solver=dopri5 rtol=X atol=X max_steps=N.
 ** Numbers are printed in the shortest form that reads back exactly.
 */
 #define _GNU_SOURCE
@@ -88,6 +95,30 @@ static void dump_layer(FILE *f, const ir_model *m, int k) {
     fprintf(f, " iters=%d tol=", L->iters);
     dump_double(f, L->tol);
     break;
+  case LAYER_CNF: case LAYER_SDE: {
+    static const char *const solvers[] = {"euler", "heun", "rk4", "dopri5"};
+    const char *time = L->time == TIME_SCALAR ? "scalar" : "sincos";
+    dump_net(f, &L->net);
+    if (L->kind == LAYER_SDE) {
+      fprintf(f, " sigma=");
+      dump_double(f, L->sigma);
+      fprintf(f, " steps=%d time=%s k=%d solver=%s", L->steps, time, L->time_k,
+              solvers[L->solver]);
+      break;
+    }
+    fprintf(f, " time=%s k=%d solver=%s", time, L->time_k, solvers[L->solver]);
+    if (L->solver == SOLVER_DOPRI5) {
+      fprintf(f, " rtol=");
+      dump_double(f, L->rtol);
+      fprintf(f, " atol=");
+      dump_double(f, L->atol);
+      fprintf(f, " max_steps=%d", L->max_steps);
+    } else {
+      fprintf(f, " steps=%d", L->steps);
+    }
+    fprintf(f, " trace=%s", L->hutchinson ? "hutchinson" : "exact");
+    break;
+  }
   case LAYER_PERMUTE:
     if (L->perm_kind == PERM_REVERSE) fprintf(f, " perm=reverse");
     else if (L->perm_kind == PERM_RANDOM) fprintf(f, " perm=random seed=%llu",
@@ -215,6 +246,8 @@ Test(frontend, module_find_and_names) {
   cr_assert_str_eq(ir_act_name(ACT_LIPSWISH), "lipswish");
   cr_assert_str_eq(ir_layer_name(LAYER_AFFINE_COUPLING), "affine_coupling");
   cr_assert_str_eq(ir_layer_name(LAYER_SPLINE_COUPLING), "spline_coupling");
+  cr_assert_str_eq(ir_layer_name(LAYER_CNF), "cnf");
+  cr_assert_str_eq(ir_layer_name(LAYER_SDE), "sde");
   /* A template used twice makes two networks with their own storage. */
   m = &M->models[0];
   cr_assert_eq(m->nlayers, 5);
@@ -344,6 +377,8 @@ Test(frontend, random_tokens, .timeout = 120) {
     "actnorm", "spline_coupling", "bins", "bound", "-", "1.5", "\"s\"", "true",
     "made", "maf", "0", "-1", "99999999999", "\n", "#c\n", "scale", "tanh",
     "linear_lu", "additive_coupling", "1e999", "1e", "@", "\"",
+    "cnf", "sde", "time", "sincos", "scalar", "solver", "rk4", "dopri5", "steps",
+    "trace", "drift", "diffusion", "const",
   };
   const int ntoks = sizeof toks / sizeof toks[0];
   uint64_t s = 12345;

@@ -139,11 +139,19 @@ static void check_compiled(uint64_t seed, int D, int C, const ir_layerkind *kind
 }
 
 Test(grad, compiled_each_layer_kind) {
-  for (int k = 0; k < LAYER_COUNT; k++)
+  for (int k = 0; k < LAYER_CNF; k++)   /* continuous layers: test_cnf.c */
     for (int C = 0; C <= 2; C += 2) {
       ir_layerkind kinds[3] = {(ir_layerkind)k, LAYER_AFFINE_COUPLING, (ir_layerkind)k};
       check_compiled(100 + (uint64_t)(k * 3 + C), 3 + k % 3, C, kinds, 3, 1 + C / 2);
     }
+}
+
+/* Maximum likelihood through the fixed-step solvers (the train graph
+** writes the steps out): exact traces, so no noise. */
+Test(grad, compiled_cnf) {
+  ir_layerkind kinds[2] = {LAYER_CNF, LAYER_ACTNORM};
+  for (uint64_t s = 0; s < 6; s++)
+    check_compiled(800 + s, 1 + (int)(s % 3), s % 2 ? 2 : 0, kinds, 1 + (int)(s % 2), 1 + (int)(s % 2));
 }
 
 Test(grad, compiled_random_stacks) {

@@ -84,7 +84,7 @@ static void check_model(mg_rng *r, int D, int C, int nl, const ir_layerkind *kin
 
 Test(ir, each_layer_kind_alone) {
   mg_rng r = {1};
-  for (int k = 0; k < LAYER_COUNT; k++)
+  for (int k = 0; k < LAYER_CNF; k++)   /* continuous layers: test_cnf.c */
     for (int D = 1; D <= 5; D++)
       for (int C = 0; C <= 3; C += 3) {
         ir_layerkind kinds[1] = {(ir_layerkind)k};

@@ -124,22 +124,22 @@ static rt_desc *prep_desc(void) {
   d->has_train = 1;
   rt_entry_desc *en = &d->train;
   static const rt_prep prog[] = {
-    { RT_PREP_LU_W, 5, { 0, 1, 2, 3, 4 }, PD, PD, 0 },      /* 6  */
-    { RT_PREP_LU_WINV, 5, { 0, 1, 2, 3, 4 }, PD, PD, 0 },   /* 7  */
-    { RT_PREP_EXP, 1, { 2 }, 1, PD, 0 },                    /* 8  */
-    { RT_PREP_NEG, 1, { 5 }, 1, PD, 0 },                    /* 9  */
-    { RT_PREP_CONST, 0, { 0 }, 1, 1, 0.7 },                 /* 10 */
-    { RT_PREP_MUL, 2, { 8, 10 }, 1, PD, 0 },                /* 11 */
-    { RT_PREP_ADD, 2, { 11, 9 }, 1, PD, 0 },                /* 12 */
-    { RT_PREP_SUM, 1, { 6 }, 1, 1, 0 },                     /* 13 */
-    { RT_PREP_SUB, 2, { 13, 12 }, 1, PD, 0 },               /* 14 */
-    { RT_PREP_MUL, 2, { 7, 7 }, PD, PD, 0 },                /* 15 */
-    { RT_PREP_MUL, 2, { 5, 12 }, 1, PD, 0 },                /* 16 */
-    { RT_PREP_ADD, 2, { 10, 7 }, PD, PD, 0 },               /* 17 */
-    { RT_PREP_MUL, 2, { 6, 13 }, PD, PD, 0 },               /* 18 */
-    { RT_PREP_SUB, 2, { 1, 13 }, PD, PD, 0 },               /* 19 */
-    { RT_PREP_SUM, 1, { 16 }, 1, 1, 0 },                    /* 20 */
-    { RT_PREP_EXP, 1, { 0 }, PD, PD, 0 },                   /* 21 */
+    { RT_PREP_LU_W, 5, { 0, 1, 2, 3, 4 }, PD, PD, 0, { 0 }, 0 },      /* 6  */
+    { RT_PREP_LU_WINV, 5, { 0, 1, 2, 3, 4 }, PD, PD, 0, { 0 }, 0 },   /* 7  */
+    { RT_PREP_EXP, 1, { 2 }, 1, PD, 0, { 0 }, 0 },                    /* 8  */
+    { RT_PREP_NEG, 1, { 5 }, 1, PD, 0, { 0 }, 0 },                    /* 9  */
+    { RT_PREP_CONST, 0, { 0 }, 1, 1, 0.7, { 0 }, 0 },                 /* 10 */
+    { RT_PREP_MUL, 2, { 8, 10 }, 1, PD, 0, { 0 }, 0 },                /* 11 */
+    { RT_PREP_ADD, 2, { 11, 9 }, 1, PD, 0, { 0 }, 0 },                /* 12 */
+    { RT_PREP_SUM, 1, { 6 }, 1, 1, 0, { 0 }, 0 },                     /* 13 */
+    { RT_PREP_SUB, 2, { 13, 12 }, 1, PD, 0, { 0 }, 0 },               /* 14 */
+    { RT_PREP_MUL, 2, { 7, 7 }, PD, PD, 0, { 0 }, 0 },                /* 15 */
+    { RT_PREP_MUL, 2, { 5, 12 }, 1, PD, 0, { 0 }, 0 },                /* 16 */
+    { RT_PREP_ADD, 2, { 10, 7 }, PD, PD, 0, { 0 }, 0 },               /* 17 */
+    { RT_PREP_MUL, 2, { 6, 13 }, PD, PD, 0, { 0 }, 0 },               /* 18 */
+    { RT_PREP_SUB, 2, { 1, 13 }, PD, PD, 0, { 0 }, 0 },               /* 19 */
+    { RT_PREP_SUM, 1, { 16 }, 1, 1, 0, { 0 }, 0 },                    /* 20 */
+    { RT_PREP_EXP, 1, { 0 }, PD, PD, 0, { 0 }, 0 },                   /* 21 */
   };
   en->nprep = (int)(sizeof prog / sizeof prog[0]);
   en->prep = malloc(sizeof prog);

@@ -197,11 +197,11 @@ static rt_desc *built_desc(void) {
   rt_entry_desc *en = &d->entry[RT_DECODE];
   en->nprep = 5;
   en->prep = calloc(5, sizeof(rt_prep));
-  en->prep[0] = (rt_prep){ RT_PREP_LU_W, 5, { 5, 6, 7, 8, 9 }, 4, 4, 0 };
-  en->prep[1] = (rt_prep){ RT_PREP_LU_WINV, 5, { 5, 6, 7, 8, 9 }, 4, 4, 0 };
-  en->prep[2] = (rt_prep){ RT_PREP_CONST, 0, { 0 }, 1, 1, 0.1 };
-  en->prep[3] = (rt_prep){ RT_PREP_MUL, 2, { 11, 12 }, 4, 4, 0 };
-  en->prep[4] = (rt_prep){ RT_PREP_CONST, 0, { 0 }, 1, 1, -1.0 / 3.0 };
+  en->prep[0] = (rt_prep){ RT_PREP_LU_W, 5, { 5, 6, 7, 8, 9 }, 4, 4, 0, { 0 }, 0 };
+  en->prep[1] = (rt_prep){ RT_PREP_LU_WINV, 5, { 5, 6, 7, 8, 9 }, 4, 4, 0, { 0 }, 0 };
+  en->prep[2] = (rt_prep){ RT_PREP_CONST, 0, { 0 }, 1, 1, 0.1, { 0 }, 0 };
+  en->prep[3] = (rt_prep){ RT_PREP_MUL, 2, { 11, 12 }, 4, 4, 0, { 0 }, 0 };
+  en->prep[4] = (rt_prep){ RT_PREP_CONST, 0, { 0 }, 1, 1, -1.0 / 3.0, { 0 }, 0 };
   return d;
 }
 

@@ -9,7 +9,9 @@
 ** lists, a shaped dim, a file with several models (--model), maf / iaf
 ** (MADE masks, affine and spline) with and without context, and residual
 ** layers (spectral normalisation, exact log-det, fixed-point inverse) with
-** every allowed activation, with and without context, D = 1.
+** every allowed activation, with and without context, D = 1; and cnf
+** layers (fixed-step euler / heun / rk4, scalar and sincos time, with and
+** without context, D = 1 and stacked with actnorm).
 **
 ** torch_ref.py exits 77 when torch is not importable: the test is then
 ** skipped, loudly, except under CI (environment variable CI set), where
@@ -349,3 +351,51 @@ static const char *res_dim1_flow(void) {
 
 Test(torch, residual_dim1) { torch_check("res_dim1", res_dim1_flow(), "r1", 20); }
 Test(torch, residual_dim1_context) { torch_check("res_dim1c", res_dim1_flow(), "r1c", 21); }
+
+/* ---- continuous flows (section 7, fixed-step solvers) ---- */
+
+/* D = 3 with context 2: v = net([z, c, temb(t)]), sincos(8) (periods 4e-3
+** to 4), classic rk4 on a few steps; flowc's solver map against the
+** reference's (not the continuous flow), sample's log_prob against the
+** decode log-det at its base draw. */
+Test(torch, cnf_rk4_sincos_context) {
+  torch_check("cnf_rk4", tmp_model("cnf_rk4",
+    "model c1 {\n"
+    "  dim 3;\n"
+    "  context 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    cnf(net = mlp(hidden = [16, 16], act = tanh), time = sincos(8), solver = rk4(steps = 4));\n"
+    "  }\n"
+    "}\n"), NULL, 22);
+}
+
+/* D = 2 without context: euler with scalar time, an actnorm, heun with the
+** narrowest sincos (K = 4). */
+Test(torch, cnf_euler_heun_stack) {
+  torch_check("cnf_stack", tmp_model("cnf_stack",
+    "model c2 {\n"
+    "  dim 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    cnf(net = mlp(hidden = [12], act = softplus), time = scalar, solver = euler(steps = 5));\n"
+    "    actnorm;\n"
+    "    cnf(net = mlp(hidden = [10, 10], act = silu), time = sincos(4), solver = heun(steps = 6));\n"
+    "  }\n"
+    "}\n"), NULL, 23);
+}
+
+/* D = 1 with context 2: a cnf with every default (sincos(32), rk4(20),
+** exact trace) and one with scalar time and heun. */
+Test(torch, cnf_dim1_context) {
+  torch_check("cnf_dim1c", tmp_model("cnf_dim1c",
+    "model c3 {\n"
+    "  dim 1;\n"
+    "  context 2;\n"
+    "  base normal;\n"
+    "  flow {\n"
+    "    cnf(net = mlp(hidden = [8], act = gelu));\n"
+    "    cnf(net = mlp(hidden = [6, 6], act = elu), time = scalar, solver = heun(steps = 3));\n"
+    "  }\n"
+    "}\n"), NULL, 24);
+}

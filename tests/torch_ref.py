@@ -7,7 +7,9 @@ Usage:
 
 The layer mathematics of flow-language.md (sections 2-6, 9; maf and iaf as
 docs/choices.md "Autoregressive layers" extends them; residual layers with
-the exact log-det that evaluation uses, docs/choices.md "Residual layers")
+the exact log-det that evaluation uses, docs/choices.md "Residual layers";
+cnf layers with the fixed-step solvers euler / heun / rk4 and the exact
+trace, section 7 and docs/choices.md "Continuous flows")
 is written here again, from the spec, in torch float64; nothing is taken
 from flowc but the layer list (`flowc check`) and the tensor names and
 shapes (`flowc init`). The weights are then replaced by random values so
@@ -22,6 +24,17 @@ flowc's stops at the layer's tol, well inside 1e-4 for the contractions
 tested. Log-densities may in addition differ by their float32 error budget
 (see fp32_budget): only rows where a steep spline bin amplifies float32
 rounding ever need it, and the report says how many did.
+
+cnf: the reference runs the layer's own solver (same tableau, grid and
+stage times), so flowc's few-step map is compared with the same map in
+float64 to the same 1e-4, not with the continuous flow; sample's log_prob,
+log N(u) - (decode log-det at its draw u), is checked at the u that Newton
+finds on the reference's decode map (a few-step encode inverts decode only
+up to the solver error). The reference checks its inverses and log-dets on
+the flow refined to a fine rk4 grid, its forward-mode trace against
+autograd's full Jacobian, and that a deliberate error (another solver, a
+wrong time embedding, all stages at t_n, the log-det's sign) moves its
+results by more than 10 times the tolerance.
 
 Exit status: 0 all checks agree; 1 a mismatch or a failure of flowc;
 2 usage; 77 torch (or numpy) is not available, so the caller can skip.
@@ -49,6 +62,12 @@ TOL_SAMPLE = 1e-3   # sample's own log_prob against the reference density
 M_MIN = 1e-3        # spline minimum width/height/derivative (section 5a)
 FP_TOL = 1e-12      # residual: the reference's fixed point runs until no
 FP_MAX = 5000       # coordinate changes by more than FP_TOL * max(1, |y|), in at most FP_MAX steps
+CNF_WS = 1.0        # cnf: the velocity net's last layer, N(0, CNF_WS^2 / fan_in)
+CNF_FINE = 1024     # cnf: rk4 steps of the reference's self-checks (close to the continuous
+                    # flow: h w = 1.5 for sincos' shortest period, 4e-3; errors of
+                    # 1e-7 measured, so the self-checks allow 1e-5 (a sign or direction
+                    # error in the reference gives 1e-2 and more)
+CNF_FINE_SCALAR = 128   # the same with `time = scalar` (smooth in t)
 RES_ACTS = ("lipswish", "relu", "elu", "tanh", "softplus")   # 1-Lipschitz
 
 # --------------------------------------------------------------------------
@@ -140,6 +159,28 @@ def activation(name, x):
         return softplus(x)
     if name == "lipswish":
         return x * sigmoid(x) / 1.1
+    raise ValueError("unknown activation " + name)
+
+
+def activation_deriv(name, x):
+    """d activation / dx, elementwise (for the cnf's forward-mode trace)."""
+    if name == "relu":
+        return (x > 0).to(x.dtype)
+    if name == "gelu":
+        return 0.5 * (1 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        k = math.sqrt(2.0 / math.pi)
+        th = torch.tanh(k * (x + 0.044715 * x ** 3))
+        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x)
+    if name in ("silu", "lipswish"):
+        s = sigmoid(x)
+        return s * (1 + x * (1 - s)) / (1.1 if name == "lipswish" else 1.0)
+    if name == "tanh":
+        return 1 - torch.tanh(x) ** 2
+    if name == "elu":
+        return torch.where(x > 0, torch.ones_like(x), torch.exp(torch.clamp(x, max=0)))
+    if name == "softplus":
+        return sigmoid(x)
     raise ValueError("unknown activation " + name)
 
 
@@ -258,6 +299,23 @@ def rqs(u, row, K, B, inverse):
     return out, ld
 
 
+# explicit Butcher tableaux (A strictly lower, b, c) of the fixed-step solvers
+CNF_TABLEAU = {
+    "euler": ([[]], [1.0], [0.0]),
+    "heun": ([[], [1.0]], [0.5, 0.5], [0.0, 1.0]),
+    "rk4": ([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
+            [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0.0, 0.5, 0.5, 1.0]),
+}
+
+
+def cnf_temb_row(kind, K, t):
+    if kind == "scalar":
+        return [t]
+    n = K // 2
+    w = [2 * math.pi / (4e-3 * (4 / 4e-3) ** (k / (n - 1))) for k in range(n)]
+    return [math.sin(wk * t) for wk in w] + [math.cos(wk * t) for wk in w]
+
+
 class Layer:
     def __init__(self, kind, opts):
         self.kind, self.opts = kind, opts
@@ -267,6 +325,7 @@ class Layer:
         self.rnet = None      # residual: the spectrally normalised net
         self.sigmas = None    # residual: sigma(W) of each stored weight
         self.fp_steps = 0     # residual: most steps a sample needed to reach tol
+        self.variant = None   # cnf: a deliberate error (cnf_sensitivity), else None
 
     # forward: generative direction u -> y, returns (y, log|det J_f|)
     def forward(self, u, c, D):
@@ -386,6 +445,78 @@ class Layer:
         _, J = self.res_g_jac(y, c)
         return y, -self.res_logdet(J)
 
+    # ---- cnf (section 7): dz/dt = v(z, t) = net([z, c, temb(t)]) ----
+
+    def cnf_temb(self, t, N):
+        """temb(t) as N equal rows: scalar [t]; sincos(K) [sin(w_k t)..,
+        cos(w_k t)..], period_k = 4e-3 (4 / 4e-3)^(k / (n - 1)), n = K / 2."""
+        kind, K = self.opts["time"]
+        if self.variant == "temb":      # a wrong embedding (sensitivity check)
+            if kind == "scalar":
+                t = 1 - t
+            else:
+                n = K // 2
+                row = cnf_temb_row(kind, K, t)
+                return torch.tensor(row[n:] + row[:n], dtype=F64).expand(N, K)
+        return torch.tensor(cnf_temb_row(kind, K, t), dtype=F64).expand(N, K)
+
+    def cnf_v(self, z, c, t):
+        parts = [z] + ([] if c is None else [c]) + [self.cnf_temb(t, z.shape[0])]
+        return mlp(torch.cat(parts, dim=1), self.net, self.opts.get("act", "relu"))
+
+    def cnf_vtr(self, z, c, t):
+        """v(z, t) and the exact tr(dv/dz) of every sample: the D tangents
+        d/dz_i carried through the net in forward mode with the derivatives
+        of the activations (cnf_trace_check tests it against autograd's
+        full Jacobian). Plain torch operations: differentiable where z or c
+        carries a graph."""
+        N, D = z.shape
+        parts = [z] + ([] if c is None else [c]) + [self.cnf_temb(t, N)]
+        h = torch.cat(parts, dim=1)
+        act = self.opts.get("act", "relu")
+        T = None    # T[n, i, :] = d (current layer) / d z_i of sample n
+        for j, (W, b) in enumerate(self.net):
+            h = h @ W.T + b
+            if j == 0:
+                T = W[:, :D].T.unsqueeze(0)
+            else:   # one plain matmul (a batched one is slow on small slices)
+                T = (T.reshape(-1, T.shape[2]) @ W.T).reshape(T.shape[0], D, -1)
+            if j < len(self.net) - 1:
+                T = T * activation_deriv(act, h).unsqueeze(1)
+                h = activation(act, h)
+        return h, torch.diagonal(T.expand(N, D, D), dim1=1, dim2=2).sum(-1)
+
+    def _cnf(self, v, c, D, inv):
+        """The layer's fixed-step solver (Butcher tableau) on the grid t_n =
+        n/N, h = 1/N from t = 0 (generative direction); from t = 1 back to
+        0 with h = -1/N (density direction), t_n = 1 - n/N, stages at t_n +
+        c_i h. The log-det is integrated jointly: ld += h sum_i b_i tr_i,
+        so with h < 0 it is log|det dz/dx| directly."""
+        name, N = self.opts["solver"]
+        if self.variant == "solver":
+            name = {"euler": "heun", "heun": "euler", "rk4": "heun"}[name]
+        A, b, cs = CNF_TABLEAU[name]
+        if self.variant == "stage":
+            cs = [0.0] * len(cs)
+        h = -1.0 / N if inv else 1.0 / N
+        z, ld = v, torch.zeros(v.shape[0], dtype=v.dtype)
+        for n in range(N):
+            t = 1.0 - n / N if inv else n / N
+            ks, trs = [], []
+            for i in range(len(b)):
+                zi = z
+                for j in range(i):
+                    if A[i][j]:
+                        zi = zi + (h * A[i][j]) * ks[j]
+                k, tr = self.cnf_vtr(zi, c, t + cs[i] * h)
+                ks.append(k)
+                trs.append(tr)
+            z = z + h * sum(bi * k for bi, k in zip(b, ks))
+            ld = ld + h * sum(bi * tr for bi, tr in zip(b, trs))
+        if self.variant == "ldsign":
+            ld = -ld
+        return z, ld
+
     def _apply(self, u, c, D, inv):
         N, d = u.shape[0], D // 2
         zero = torch.zeros(N, dtype=u.dtype)
@@ -394,6 +525,8 @@ class Layer:
             return self._autoregressive(u, c, D, inv)
         if k == "residual":
             return self._residual(u, c, D, inv)
+        if k == "cnf":
+            return self._cnf(u, c, D, inv)
         if k in ("affine_coupling", "additive_coupling", "spline_coupling"):
             h = self._cond(u, c, D)
             a, b = u[:, :d], u[:, d:]
@@ -454,6 +587,31 @@ class Flow:
     def __init__(self, D, C, layers):
         self.D, self.C, self.layers = D, C, layers
 
+    def has_cnf(self):
+        return any(L.kind == "cnf" for L in self.layers)
+
+    def refined(self):
+        """The same flow (shared weights) with every cnf solved by rk4 on
+        CNF_FINE (CNF_FINE_SCALAR) steps: close to the continuous flow,
+        whose inverse and log-det the self-checks can test."""
+        layers = []
+        for L in self.layers:
+            if L.kind == "cnf":
+                steps = CNF_FINE_SCALAR if L.opts["time"][0] == "scalar" else CNF_FINE
+                R = Layer(L.kind, dict(L.opts, solver=("rk4", steps)))
+                R.net, R.p = L.net, L.p
+                L = R
+            layers.append(L)
+        return Flow(self.D, self.C, layers)
+
+    def variant(self, k, what):
+        """The flow with layer k computed with a deliberate error."""
+        layers = list(self.layers)
+        R = Layer(layers[k].kind, layers[k].opts)
+        R.net, R.p, R.variant = layers[k].net, layers[k].p, what
+        layers[k] = R
+        return Flow(self.D, self.C, layers)
+
     def decode(self, z, c):
         ld = torch.zeros(z.shape[0], dtype=z.dtype)
         for L in self.layers:
@@ -505,6 +663,15 @@ def parse_check(text, want):
                 opts["hidden"] = [int(s) for s in mm.group(1).split(",") if s.strip()]
             if kind == "permute":
                 opts["perm_kind"] = re.match(r"\((\w+)", rest.strip()).group(1)
+            if kind == "cnf":
+                mm = re.search(r"\btime = (scalar|sincos\((\d+)\))", rest)
+                opts["time"] = ("scalar", 1) if mm.group(1) == "scalar" else ("sincos", int(mm.group(2)))
+                mm = re.search(r"\bsolver = (euler|heun|rk4)\(steps = (\d+)\)", rest)
+                if not mm:
+                    raise ValueError("cnf solver not covered by torch_ref.py: " + rest.strip())
+                opts["solver"] = (mm.group(1), int(mm.group(2)))
+                mm = re.search(r"\btrace = (\w+)", rest)
+                opts["trace"] = mm.group(1) if mm else "exact"
             cur["layers"].append((kind, opts))
     if not models:
         raise ValueError("no model in `flowc check` output:\n" + text)
@@ -516,7 +683,7 @@ def parse_check(text, want):
     raise ValueError("model %s not in `flowc check` output" % want)
 
 
-NET_KINDS = ("affine_coupling", "additive_coupling", "spline_coupling", "maf", "iaf", "residual")
+NET_KINDS = ("affine_coupling", "additive_coupling", "spline_coupling", "maf", "iaf", "residual", "cnf")
 
 
 def is_spline(kind, opts):
@@ -525,7 +692,7 @@ def is_spline(kind, opts):
 
 def net_out(kind, D, opts):
     d = D // 2
-    if kind == "residual":
+    if kind in ("residual", "cnf"):
         return D
     if kind in ("maf", "iaf"):
         return D * (3 * int(opts.get("bins", 8)) - 1) if opts.get("transform") == "spline" else 2 * D
@@ -543,6 +710,8 @@ def expected_names(model):
         p = "flow.%d." % k
         if kind in NET_KINDS:
             nin = D + C if kind in ("maf", "iaf", "residual") else D // 2 + C
+            if kind == "cnf":   # [z, c, temb(t)]
+                nin = D + C + o["time"][1]
             sizes = [nin] + o.get("hidden", []) + [net_out(kind, D, o)]
             for j in range(len(sizes) - 1):
                 out[p + "net.%d.weight" % j] = ("F32", [sizes[j + 1], sizes[j]])
@@ -606,6 +775,8 @@ def randomize(model, w0, rng):
                 fan = max(W.shape[1], 1)
                 if not last:
                     ws, bs = 1.0, 0.3
+                elif kind == "cnf":
+                    ws, bs = CNF_WS, 0.3  # zero after init; |v| of order 1, not stiff
                 elif is_spline(kind, o):
                     ws, bs = 0.6, 0.3     # uneven bins, derivatives far from 1
                 elif o.get("scale") == "exp":
@@ -615,6 +786,12 @@ def randomize(model, w0, rng):
                 else:
                     ws, bs = 0.5, 0.3
                 out[p + "net.%d.weight" % j] = rng.normal(0, ws / math.sqrt(fan), W.shape)
+                if kind == "cnf" and j == 0:
+                    # [z, c] and temb(t) each of unit weight whatever the
+                    # embedding's width: v depends on z (and on t) strongly
+                    nzc, K = W.shape[1] - o["time"][1], o["time"][1]
+                    out[p + "net.0.weight"][:, :nzc] *= math.sqrt(fan / max(nzc, 1))
+                    out[p + "net.0.weight"][:, nzc:] *= math.sqrt(fan / K)
                 out[p + "net.%d.bias" % j] = rng.normal(0, bs, W.shape[0])
                 j += 1
         elif kind == "permute":
@@ -774,35 +951,95 @@ def fp32_budget(flow, x, c, ulps=4.0):
     return budget.numpy()
 
 
+def batch_jac(fn, v, c):
+    """J [n, D, D], J[r, i, j] = d fn(v)_i / d v_j of row r: one backward
+    pass per output (no layer mixes samples)."""
+    with torch.enable_grad():
+        vv = v.detach().clone().requires_grad_(True)
+        out = fn(vv, c)
+        rows = [torch.autograd.grad(out[:, i].sum(), vv, retain_graph=True)[0] for i in range(v.shape[1])]
+    return torch.stack(rows, dim=1).detach()
+
+
 def self_checks(rep, flow, x, c, rows=6):
-    """The reference against itself: inverse and autograd Jacobians."""
+    """The reference against itself: inverses and autograd Jacobians. With
+    cnf layers, on the flow refined to CNF_FINE rk4 steps (the layer's own
+    few-step map is the inverse of its encode only up to the solver error),
+    to the tolerances that this solver error allows; and the cnf's trace
+    against the trace of the full per-sample Jacobian."""
+    if flow.has_cnf():
+        cnf_trace_check(rep, flow, x, c)
+        flow = flow.refined()
+        tag, tol_rt, tol_ld = " [cnf as fine rk4]", 1e-5, 1e-5
+    else:
+        tag, tol_rt, tol_ld = "", 1e-9, 1e-8
     z, ld_e = flow.encode(x, c)
     xb, ld_d = flow.decode(z, c)
     e, _, _ = rel_err(xb.numpy(), x.numpy())
-    rep.ok(e < 1e-9, "torch: decode(encode(x)) = x", "max rel err %.3g" % e)
+    rep.ok(e < tol_rt, "torch: decode(encode(x)) = x" + tag, "max rel err %.3g" % e)
     e = float((ld_e + ld_d).abs().max())
-    rep.ok(e < 1e-9, "torch: encode logdet = -decode logdet", "max abs err %.3g" % e)
-    worst_e = worst_d = 0.0
-    for i in range(min(rows, x.shape[0])):
-        ci = None if c is None else c[i:i + 1]
-        J = torch.autograd.functional.jacobian(lambda v: flow.encode(v.unsqueeze(0), ci)[0][0], x[i])
-        worst_e = max(worst_e, abs(float(torch.linalg.slogdet(J)[1]) - float(ld_e[i])) / max(1, abs(float(ld_e[i]))))
-        J = torch.autograd.functional.jacobian(lambda v: flow.decode(v.unsqueeze(0), ci)[0][0], z[i])
-        worst_d = max(worst_d, abs(float(torch.linalg.slogdet(J)[1]) - float(ld_d[i])) / max(1, abs(float(ld_d[i]))))
-    rep.ok(worst_e < 1e-8, "torch: encode logdet = log|det dz/dx| (autograd)", "max rel err %.3g" % worst_e)
-    rep.ok(worst_d < 1e-8, "torch: decode logdet = log|det dx/dz| (autograd)", "max rel err %.3g" % worst_d)
+    rep.ok(e < tol_rt, "torch: encode logdet = -decode logdet" + tag, "max abs err %.3g" % e)
+    n = min(rows, x.shape[0])
+    cn = None if c is None else c[:n]
+    enc = lambda v, cc: flow.encode(v, cc)[0]
+    dec = lambda v, cc: flow.decode(v, cc)[0]
+    ld_j = torch.linalg.slogdet(batch_jac(enc, x[:n], cn))[1]
+    worst_e = float(((ld_j - ld_e[:n]).abs() / torch.clamp(ld_e[:n].abs(), min=1)).max())
+    ld_j = torch.linalg.slogdet(batch_jac(dec, z[:n], cn))[1]
+    worst_d = float(((ld_j - ld_d[:n]).abs() / torch.clamp(ld_d[:n].abs(), min=1)).max())
+    rep.ok(worst_e < tol_ld, "torch: encode logdet = log|det dz/dx| (autograd)" + tag, "max rel err %.3g" % worst_e)
+    rep.ok(worst_d < tol_ld, "torch: decode logdet = log|det dx/dz| (autograd)" + tag, "max rel err %.3g" % worst_d)
     # finite differences on one row, to check autograd does not share a bug
-    h = 1e-6
-    i = 0
-    ci = None if c is None else c[i:i + 1]
-    J = torch.zeros(flow.D, flow.D)
-    for j in range(flow.D):
-        e_j = torch.zeros(flow.D)
-        e_j[j] = h
-        J[:, j] = (flow.decode((z[i] + e_j).unsqueeze(0), ci)[0][0] -
-                   flow.decode((z[i] - e_j).unsqueeze(0), ci)[0][0]) / (2 * h)
+    # (the 2D shifted copies of row 0 in one batch)
+    h, i, D = 1e-6, 0, flow.D
+    E = h * torch.eye(D)
+    zs = torch.cat([z[i] + E, z[i] - E], dim=0)
+    ci = None if c is None else c[i:i + 1].expand(2 * D, -1)
+    xs = flow.decode(zs, ci)[0]
+    J = ((xs[:D] - xs[D:]) / (2 * h)).T     # J[:, j] = d x / d z_j
     fd = abs(float(torch.linalg.slogdet(J)[1]) - float(ld_d[i]))
-    rep.ok(fd < 1e-5, "torch: decode logdet (finite differences)", "abs err %.3g" % fd)
+    rep.ok(fd < 1e-5, "torch: decode logdet (finite differences)" + tag, "abs err %.3g" % fd)
+
+
+def cnf_info(flow, x, c):
+    """How far from the identity (and how stiff) each cnf is, over the data."""
+    u = x
+    for k in reversed(range(len(flow.layers))):
+        L = flow.layers[k]
+        if L.kind == "cnf":
+            ts = [i / 8 for i in range(9)]
+            vs = [L.cnf_vtr(u, c, t) for t in ts]
+            J = batch_jac(lambda v, cc: L.cnf_v(v, cc, 0.5), u, c)
+            y, ld = L.inverse(u, c, flow.D)
+            pr = ("  info flow.%d cnf over the data: mean |v| %.3f, max |v| %.3f, mean |tr dv/dz| %.3f, "
+                  "max ||dv/dz|| %.3f (t = 0.5), mean |z(0) - z(1)| %.3f, mean |ld| %.3f" %
+                  (k, float(np.mean([float(v.norm(dim=1).mean()) for v, _ in vs])),
+                   max(float(v.norm(dim=1).max()) for v, _ in vs),
+                   float(np.mean([float(tr.abs().mean()) for _, tr in vs])),
+                   float(torch.linalg.matrix_norm(J, ord=2).max()),
+                   float((y - u).norm(dim=1).mean()), float(ld.abs().mean())))
+            print(pr)
+            u = y
+        else:
+            u, _ = L.inverse(u, c, flow.D)
+
+
+def cnf_trace_check(rep, flow, x, c, rows=5):
+    """v and tr(dv/dz) of cnf_vtr (forward mode, explicit derivatives of
+    the activations) against the mlp and the trace of autograd's full
+    Jacobian of one sample's v, at a few times."""
+    worst = 0.0
+    for L in flow.layers:
+        if L.kind != "cnf":
+            continue
+        for t in (0.0, 0.37, 1.0):
+            v, tr = L.cnf_vtr(x[:rows], None if c is None else c[:rows], t)
+            worst = max(worst, float((v - L.cnf_v(x[:rows], None if c is None else c[:rows], t)).abs().max()))
+            for r in range(min(rows, x.shape[0])):
+                cr = None if c is None else c[r:r + 1]
+                J = torch.autograd.functional.jacobian(lambda u: L.cnf_v(u.unsqueeze(0), cr, t)[0], x[r])
+                worst = max(worst, abs(float(torch.trace(J)) - float(tr[r])))
+    rep.ok(worst < 1e-12, "torch: cnf v, trace = tr(full Jacobian of v)", "max abs err %.3g" % worst)
 
 
 def check_init(rep, model, w0):
@@ -985,6 +1222,9 @@ def main(argv):
     if not (np.all(np.isfinite(ref_lp)) and np.all(np.isfinite(ref_x))):
         rep.ok(False, "torch: reference values finite")
         return 1
+    if flow.has_cnf():
+        cnf_info(flow, xt, ct)
+        cnf_sensitivity(rep, flow, xt, zt, ct, ref_lp, ref_x, ref_ldd)
 
     # (d, e) flowc against the reference
     common = [a.flow] + margs + ["-w", W("w.safetensors")]
@@ -1050,13 +1290,30 @@ def main(argv):
         slp = np.load(W("slp.npy"))
         ok = rep.ok(sx.shape == (ns, D) and np.all(np.isfinite(sx)) and np.all(np.isfinite(slp)),
                     "sample: shape and finite values")
-        if ok:
+        if ok and flow.has_cnf():
+            # sample's log_prob is log N(u) - (decode logdet at u), u its base
+            # draw; a fixed-step cnf's encode inverts it only up to the solver
+            # error, so u is found by Newton on the reference's decode map
+            sxt = torch.tensor(sx, dtype=F64)
+            cst = None if cs is None else torch.tensor(cs, dtype=F64)
+            us, res = newton_base(flow, sxt, cst)
+            rep.ok(res < 1e-9, "torch: base draws of the samples (Newton on decode)",
+                   "max |decode(u) - x| %.3g" % res)
+            _, ldu = flow.decode(us, cst)
+            ref_s = (-0.5 * (us ** 2).sum(1) - 0.5 * D * math.log(2 * math.pi) - ldu).numpy()
+            compare(rep, "sample log_prob = log N(u) - decode logdet", slp, ref_s, TOL,
+                    [("x", sx)] + ([("c", cs)] if cs is not None else []))
+            e, _, _ = rel_err(slp, flow.log_prob(sxt, cst).numpy())
+            print("  info sample log_prob against the (encode) density of its x: max rel err %.3g "
+                  "(the solver's error)" % e)
+        elif ok:
             ref_s = flow.log_prob(torch.tensor(sx, dtype=F64),
                                   None if cs is None else torch.tensor(cs, dtype=F64)).numpy()
             budget = fp32_budget(flow, torch.tensor(sx, dtype=F64),
                                  None if cs is None else torch.tensor(cs, dtype=F64))
             compare(rep, "sample log_prob = density of its x", slp, ref_s, TOL_SAMPLE,
                     [("x", sx)] + ([("c", cs)] if cs is not None else []), slack=budget)
+        if ok:
             # the base draws behind the samples should look standard normal
             zs = flow.encode(torch.tensor(sx, dtype=F64), None if cs is None else torch.tensor(cs, dtype=F64))[0]
             m, v = float(zs.mean()), float(zs.var())
@@ -1071,6 +1328,45 @@ def main(argv):
     print("torch_ref: %s: %s" % (model["name"], "all checks agree" if not rep.failed
                                  else "%d check(s) FAILED" % rep.failed))
     return 1 if rep.failed else 0
+
+
+def newton_base(flow, x, c, iters=50):
+    """u with decode(u) = x (float64), from u = encode(x) by Newton steps;
+    returns u and the largest residual |decode(u) - x|."""
+    dec = lambda v, cc: flow.decode(v, cc)[0]
+    u = flow.encode(x, c)[0]
+    for _ in range(iters):
+        r = dec(u, c) - x
+        du = torch.linalg.solve(batch_jac(dec, u, c), r.unsqueeze(-1)).squeeze(-1)
+        u = u - du
+        if float(du.abs().max()) < 1e-14 * max(1.0, float(u.abs().max())):
+            break
+    return u, float((dec(u, c) - x).abs().max())
+
+
+CNF_VARIANTS = {"solver": "solver swapped (euler<->heun, rk4->heun)",
+                "temb": "time embedding (sin<->cos / 1-t)",
+                "stage": "all stages at t_n",
+                "ldsign": "log-det sign"}
+
+
+def cnf_sensitivity(rep, flow, xt, zt, ct, ref_lp, ref_x, ref_ldd):
+    """The comparison can see an error in a cnf: the reference with one
+    deliberate mistake in one layer moves logprob or decode by more than
+    10 TOL (so flowc with that mistake would fail)."""
+    for k, L in enumerate(flow.layers):
+        if L.kind != "cnf":
+            continue
+        for what in CNF_VARIANTS:
+            if what == "stage" and L.opts["solver"][0] == "euler":
+                continue    # one stage, at t_n
+            f = flow.variant(k, what)
+            e1 = rel_err(f.log_prob(xt, ct).numpy(), ref_lp)[0]
+            xv, ldv = f.decode(zt, ct)
+            e2 = rel_err(xv.numpy(), ref_x)[0]
+            e3 = rel_err(ldv.numpy(), ref_ldd)[0]
+            rep.ok(max(e1, e2, e3) > 10 * TOL, "torch: flow.%d %s: %s" % (k, L.opts["solver"][0], CNF_VARIANTS[what]),
+                   "would be seen: logprob %.2g, decode x %.2g, logdet %.2g" % (e1, e2, e3))
 
 
 def residual_weight_files(rep, a, W, margs, cargs, wr, ref_lp, ins, bud):
@@ -1138,6 +1434,14 @@ def selftest():
                   ("linear_lu", {}),
                   ("residual", {"act": "softplus", "hidden": [9], "lipschitz": "0.7"})]
         cases.append({"name": "self_D%d_C%d_res" % (D, C), "D": D, "C": C, "layers": layers})
+        if D in (1, 2, 6):  # cnf: scalar time here (sincos needs a finer grid, seconds a model:
+            # the flowc cases check it); every activation: the trace check below
+            layers = [("cnf", {"act": "gelu", "hidden": [8, 8], "time": ("scalar", 1), "solver": ("euler", 3)}),
+                      ("actnorm", {}),
+                      ("cnf", {"act": "softplus", "hidden": [6], "time": ("scalar", 1), "solver": ("heun", 2)}),
+                      ("permute", {"perm_kind": "reverse"}),
+                      ("cnf", {"act": "elu", "hidden": [], "time": ("scalar", 1), "solver": ("rk4", 2)})]
+            cases.append({"name": "self_D%d_C%d_cnf" % (D, C), "D": D, "C": C, "layers": layers})
     for model in cases:
         D, C = model["D"], model["C"]
         print("torch_ref selftest: D %d, context %d, %d layers" % (D, C, len(model["layers"])))
@@ -1165,6 +1469,17 @@ def selftest():
         if any(L.kind == "residual" for L in flow.layers):
             residual_info(rep, flow)
             residual_structure(rep, flow, x, c)
+    # the cnf's forward-mode trace with every activation, against autograd
+    for D, C in ((1, 0), (3, 2)):
+        model = {"name": "self_cnf_acts", "D": D, "C": C,
+                 "layers": [("cnf", {"act": act, "hidden": [7, 5][:1 + i % 2],
+                                     "time": ("sincos", 6) if i % 2 else ("scalar", 1), "solver": ("euler", 1)})
+                            for i, act in enumerate(acts)]}
+        w0 = {n: (dt, np.zeros(shape)) for n, (dt, shape) in expected_names(model).items()}
+        flow = build_flow(model, randomize(model, w0, rng))
+        x = torch.tensor(1.5 * rng.normal(size=(12, D)))
+        x[0] = 0.0
+        cnf_trace_check(rep, flow, x, torch.tensor(rng.normal(size=(12, C))) if C else None)
     # the spline alone against a direct, scalar transcription of section 5a
     K, B = 5, 2.0
     row = torch.tensor(rng.normal(size=(1, 1, 3 * K - 1)) * 1.5)
