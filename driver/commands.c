@@ -155,6 +155,12 @@ static int save(const char *path, const float *v, long n, const ir_model *m, int
 /* The message for a failed rt_model_* call of command cmd. */
 static int run_failed(const drv_session *s, const char *cmd, int rc) {
   int k = rc == RT_ENOCONV ? rt_model_failed_layer(s->rt) : -1;
+  if (k >= 0 && k < s->model->nlayers && s->model->layers[k].kind == LAYER_CNF) {
+    const ir_layer *L = &s->model->layers[k];
+    return drv_fail("%s: layer %d (cnf, line %d): dopri5 needed more than max_steps = %d steps "
+                    "(attempted, accepted or not) for a sample at rtol = %g, atol = %g; raise "
+                    "max_steps or the tolerances", cmd, k, L->line, L->max_steps, L->rtol, L->atol);
+  }
   if (k >= 0 && k < s->model->nlayers) {
     const ir_layer *L = &s->model->layers[k];
     return drv_fail("%s: the inverse of layer %d (residual, line %d) did not converge: a "

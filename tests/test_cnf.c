@@ -423,3 +423,104 @@ Test(cnf, dopri5_meets_its_tolerance) {
   }
   ir_arena_free(A);
 }
+
+/* Mean and variance of column j of an [n, D] .npy. */
+static void column_stats(const char *path, int j, double *mean, double *var, long *n) {
+  rt_array a = {0};
+  char err[256];
+  cr_assert_eq(rt_array_load(path, &a, err, sizeof err), 0, "%s", err);
+  double s = 0, s2 = 0;
+  for (long i = 0; i < a.rows; i++) s += a.data[i * a.cols + j], s2 += a.data[i * a.cols + j] * a.data[i * a.cols + j];
+  *n = a.rows;
+  *mean = s / a.rows;
+  *var = s2 / a.rows - *mean * *mean;
+  rt_array_free(&a);
+}
+
+/* An sde with a zero drift (fresh weights: the last layer is zero) is
+** z + sigma W(1): variance 1 + sigma^2, which checks the Euler-Maruyama
+** noise's scale; samples are the same for any thread count; asking for a
+** density is a clear error. */
+Test(cnf, cli_sde_samples) {
+  const char *flow = tu_path("sde.flow");
+  FILE *f = fopen(flow, "w");
+  fprintf(f, "model s { dim 3; flow { sde(drift = mlp(hidden = [16], act = tanh), "
+             "diffusion = const(0.5), steps = 25, time = scalar); } }\n");
+  fclose(f);
+  char *out = NULL;
+  cr_assert_eq(tu_flowc(&out, "init %s --seed 3 -o %s", flow, tu_path("w.st")), 0, "%s", out);
+  free(out);
+  for (int t = 1; t <= 2; t++) {
+    cr_assert_eq(tu_flowc(&out, "sample %s -w %s -n 40000 --seed 5 --threads %d -o %s", flow,
+                          tu_path("w.st"), t, tu_path(t == 1 ? "s1.npy" : "s2.npy")), 0, "%s", out);
+    free(out);
+  }
+  size_t l1, l2;
+  char *a = tu_read_file(tu_path("s1.npy"), &l1), *b = tu_read_file(tu_path("s2.npy"), &l2);
+  cr_assert(a && b && l1 == l2 && memcmp(a, b, l1) == 0, "samples differ across threads");
+  free(a);
+  free(b);
+  for (int j = 0; j < 3; j++) {
+    double mean, var;
+    long n;
+    column_stats(tu_path("s1.npy"), j, &mean, &var, &n);
+    cr_assert_eq(n, 40000);
+    cr_assert(fabs(mean) < 0.03 && fabs(var - 1.25) < 0.05, "column %d: mean %g, var %g (1.25)", j,
+              mean, var);
+  }
+  cr_assert_eq(tu_flowc(&out, "logprob %s -w %s --data %s -o %s", flow, tu_path("w.st"),
+                        tu_path("s1.npy"), tu_path("lp.npy")), 1, "%s", out);
+  cr_assert(strstr(out, "has no density"), "%s", out);
+  free(out);
+  cr_assert_eq(tu_flowc(&out, "sample %s -w %s -n 5 --seed 5 -o %s --logprob %s", flow,
+                        tu_path("w.st"), tu_path("x.npy"), tu_path("lp.npy")), 1, "%s", out);
+  cr_assert(strstr(out, "has no density"), "%s", out);
+  free(out);
+  cr_assert_eq(tu_flowc(&out, "train %s --data %s --steps 2 -o %s", flow, tu_path("s1.npy"),
+                        tu_path("w2.st")), 1, "%s", out);
+  cr_assert(strstr(out, "--objective fm"), "%s", out);
+  free(out);
+}
+
+/* dopri5 from the command line: encode/decode agree with rk4 on many steps
+** to the tolerance; a step budget too small is the error that names it. */
+Test(cnf, cli_dopri5) {
+  const char *flow = tu_path("d.flow");
+  FILE *f = fopen(flow, "w");
+  fprintf(f, "model a { dim 2; flow { cnf(net = mlp(hidden = [16, 16], act = tanh), time = scalar, "
+             "solver = dopri5(rtol = 1e-6, atol = 1e-6)); } }\n"
+             "model b { dim 2; flow { cnf(net = mlp(hidden = [16, 16], act = tanh), time = scalar, "
+             "solver = rk4(steps = 200)); } }\n"
+             "model c { dim 2; flow { cnf(net = mlp(hidden = [16, 16], act = tanh), time = scalar, "
+             "solver = dopri5(max_steps = 1)); } }\n");
+  fclose(f);
+  char *out = NULL;
+  cr_assert_eq(tu_flowc(&out, "toy moons -n 500 --seed 2 -o %s", tu_path("m.npy")), 0, "%s", out);
+  free(out);
+  cr_assert_eq(tu_flowc(&out, "train %s --model b --data %s --steps 40 --lr 1e-2 -o %s", flow,
+                        tu_path("m.npy"), tu_path("w.st")), 0, "%s", out);
+  free(out);
+  const char *m[2] = {"a", "b"}, *o[2] = {"la.npy", "lb.npy"};
+  for (int k = 0; k < 2; k++) {
+    cr_assert_eq(tu_flowc(&out, "logprob %s --model %s -w %s --data %s -o %s", flow, m[k],
+                          tu_path("w.st"), tu_path("m.npy"), tu_path(o[k])), 0, "%s", out);
+    free(out);
+  }
+  rt_array a = {0}, b = {0};
+  char err[256];
+  cr_assert_eq(rt_array_load(tu_path("la.npy"), &a, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(rt_array_load(tu_path("lb.npy"), &b, err, sizeof err), 0, "%s", err);
+  double d = 0;
+  for (long i = 0; i < a.rows; i++) d = fmax(d, fabs(a.data[i] - b.data[i]));
+  rt_array_free(&a);
+  rt_array_free(&b);
+  cr_assert(d < 1e-3, "dopri5 vs rk4(200): %g", d);
+  cr_assert_eq(tu_flowc(&out, "logprob %s --model c -w %s --data %s -o %s", flow, tu_path("w.st"),
+                        tu_path("m.npy"), tu_path("lc.npy")), 1, "%s", out);
+  cr_assert(strstr(out, "dopri5 needed more than max_steps = 1"), "%s", out);
+  free(out);
+  cr_assert_eq(tu_flowc(&out, "train %s --model a --data %s --steps 2 -o %s", flow,
+                        tu_path("m.npy"), tu_path("w2.st")), 1, "%s", out);
+  cr_assert(strstr(out, "dopri5"), "%s", out);
+  free(out);
+}
