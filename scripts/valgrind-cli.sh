@@ -26,6 +26,18 @@ $VG $F train -O0 examples/residual.flow --data "$T/moons.npy" --steps 4 --batch 
     -o "$T/r.safetensors" 2>/dev/null
 $VG $F sample -O0 examples/residual.flow -w "$T/r.safetensors" -n 50 --seed 3 -o "$T/rx.npy" \
     --logprob "$T/rlp.npy"
+# continuous flows: flow matching's noise, training through rk4's steps with
+# Hutchinson probes, the solver loops, dopri5's controller, an sde's noise
+$VG $F train -O0 examples/cnf.flow --model fm --objective fm --time-dist 'beta(1.5,1)' \
+    --data "$T/moons.npy" --steps 3 --batch 32 -o "$T/c.safetensors" 2>/dev/null
+$VG $F train -O0 examples/cnf.flow --model ffjord --data "$T/moons.npy" --steps 2 --batch 32 \
+    --init "$T/c.safetensors" -o "$T/c2.safetensors" 2>/dev/null
+$VG $F sample -O0 examples/cnf.flow --model fm -w "$T/c2.safetensors" -n 40 --seed 3 \
+    -o "$T/cx.npy" --logprob "$T/clp.npy"
+$VG $F logprob -O0 examples/cnf.flow --model adaptive -w "$T/c2.safetensors" --data "$T/cx.npy" \
+    -o "$T/clp2.npy"
+$VG $F sample -O0 examples/cnf.flow --model langevin -w "$T/c2.safetensors" -n 40 --seed 3 \
+    -o "$T/sx.npy"
 # wrong weights for the model: exit 1 (refused), not 99 (a leak on the error path)
 set +e
 $VG $F logprob -O0 examples/moons.flow -w "$T/w.safetensors" --data "$T/x.npy" -o "$T/bad.npy" 2>/dev/null
