@@ -362,11 +362,17 @@ int cmd_bench(const drv_opts *o) {
                                      : !strcmp(op, "logprob") ? CG_ENTRY(RT_LOGPROB) : 0);
   double t0 = now_s();
   int rc = drv_lower(&s, o);
+  rt_weights w = {0};
+  char err[1024];
+  double ta = 1, tb = 1;
+  int fm = o->objective && !strcmp(o->objective, "fm");
+  if (!rc && (fm || o->time_dist) && (!train || !fm || (o->time_dist && drv_time_dist(o->time_dist, &ta, &tb))))
+    rc = (fprintf(stderr, "flowc: bench --op train --objective fm [--time-dist uniform|beta(A,B)]\n"),
+          EXIT_USAGE);
+  if (!rc && fm && ir_use_fm(s.prog, ta, tb, err, sizeof err)) rc = drv_fail("%s", err);
   if (!rc && train) pass_autodiff(s.prog);
   if (!rc) rc = drv_compile_lowered(&s, o);
   double tc = now_s() - t0;
-  rt_weights w = {0};
-  char err[1024];
   if (!rc && !o->weights && rt_weights_init(s.desc, 0, &w, err, sizeof err)) rc = drv_fail("%s", err);
   if (!rc && train && o->weights && rt_weights_load(s.desc, o->weights, &w, err, sizeof err))
     rc = drv_fail("%s", err);

@@ -67,6 +67,9 @@ int drv_load_context(const drv_opts *o, const ir_model *m, long n, rt_array *c);
 int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const float *x,
                    const float *c, float *const *grads, double *loss);
 
+/* --time-dist uniform | beta(A,B): 0 with the Beta's shapes, -1 if bad. */
+int drv_time_dist(const char *s, double *a, double *b);
+
 int cmd_check(const drv_opts *o);
 int cmd_init(const drv_opts *o);
 int cmd_run(const drv_opts *o);      /* logprob, encode, decode */

@@ -227,8 +227,7 @@ static int parse_schedule(const char *s, rt_schedule *out) {
   return 0;
 }
 
-/* --time-dist uniform | beta(A,B) */
-static int parse_time_dist(const char *s, double *a, double *b) {
+int drv_time_dist(const char *s, double *a, double *b) {
   char tail;
   if (!strcmp(s, "uniform")) return *a = *b = 1, 0;
   if (sscanf(s, " beta ( %lf , %lf )%c", a, b, &tail) != 2) return -1;
@@ -283,7 +282,7 @@ static int setup(trainer *t) {
   double ta = 1, tb = 1;
   if (o->objective && strcmp(o->objective, "ml") && !fm)
     return fprintf(stderr, "flowc: --objective ml|fm\n"), EXIT_USAGE;
-  if (o->time_dist && (!fm || parse_time_dist(o->time_dist, &ta, &tb)))
+  if (o->time_dist && (!fm || drv_time_dist(o->time_dist, &ta, &tb)))
     return fprintf(stderr, "flowc: --time-dist uniform|beta(A,B), with --objective fm\n"),
            EXIT_USAGE;
   int rc = drv_lower(&t->s, o);
@@ -293,7 +292,8 @@ static int setup(trainer *t) {
   if (fm && ir_use_fm(t->s.prog, ta, tb, err, sizeof err)) return drv_fail("%s", err);
   if (!fm && (rc = ml_ok(t->s.model))) return rc;
   pass_autodiff(t->s.prog);
-  t->s.entries = CG_TRAIN_MASK | CG_ENTRY(RT_LOGPROB);   /* steps; validation */
+  /* steps; validation (flow matching's is the train kernel's loss) */
+  t->s.entries = CG_TRAIN_MASK | (fm ? 0 : CG_ENTRY(RT_LOGPROB));
   if ((rc = drv_compile_lowered(&t->s, o))) return rc;
   if ((rc = pick_seed(t))) return rc;
   if ((rc = load_data(t))) return rc;

@@ -481,17 +481,20 @@ static ir_node *residual(lw *w, const ir_layer *L, int p0, ir_node *u, int inv) 
 /* ---- continuous flows (flow-language.md 7): dz/dt = v(z, t) ---- */
 
 /*
-** The velocity net with its time columns split off: the first linear layer
-** is W [z, c, temb(t)] + b = W_zc [z, c] + (W_t temb(t) + b). On a fixed
-** grid the bracket depends on the parameters alone: one prep table per
-** solver stage, a row per step (IR_TEMB, then a param-class IR_LINEAR),
-** computed when the weights are loaded; the kernels read a row of it.
+** The velocity net with its first linear layer split by its inputs:
+** W [z, c, temb(t)] + b = W_z z + W_c c + (W_t temb(t) + b). W_c c is the
+** same at every step of a sample: computed once, before the solver. On a
+** fixed grid the bracket depends on the parameters alone: one prep table
+** per solver stage, a row per step (IR_TEMB, then a param-class
+** IR_LINEAR), computed when the weights are loaded; the kernels read a row
+** of it.
 */
 typedef struct vnet {
   int nl, D, C, K, H;     /* linear layers; H: the first one's outputs */
   ir_act act;
-  ir_node *Wzc, *Wt;      /* [H, D + C], [H, K] */
-  ir_node **W, **b;       /* the net's layers (W[0] unused: Wzc, Wt) */
+  ir_node *Wz, *Wt;       /* [H, D], [H, K] */
+  ir_node *hc;            /* W_c c [B, H], once per sample (NULL: no context) */
+  ir_node **W, **b;       /* the net's layers (W[0] as Wz, W_c and Wt) */
   ir_node **pre;          /* hidden pre-activations of the last vnet_v */
 } vnet;
 
@@ -506,7 +509,7 @@ static void vnet_init(lw *w, const ir_layer *L, int p0, vnet *vn) {
   ir_arena *A = w->p->A;
   int nl = L->net.nhidden + 1, D = w->m->dim, C = w->m->context;
   *vn = (vnet){nl, D, C, L->time_k, nl > 1 ? L->net.hidden[0] : D, L->net.act, NULL, NULL,
-               NULL, NULL, NULL};
+               NULL, NULL, NULL, NULL};
   vn->W = ir_alloc(A, 3 * (size_t)nl * sizeof *vn->W);
   vn->b = vn->W + nl;
   vn->pre = vn->b + nl;
@@ -515,8 +518,10 @@ static void vnet_init(lw *w, const ir_layer *L, int p0, vnet *vn) {
     vn->b[j] = ir_param_node(g, w->p, p0 + 2 * j + 1);
   }
   int *rows = iota(A, 0, vn->H);
-  vn->Wzc = ir_pgather(g, vn->W[0], vn->H, rows, D + C, iota(A, 0, D + C));
+  vn->Wz = ir_pgather(g, vn->W[0], vn->H, rows, D, iota(A, 0, D));
   vn->Wt = ir_pgather(g, vn->W[0], vn->H, rows, vn->K, iota(A, D + C, vn->K));
+  if (C > 0)   /* the context is the same at every step: its product once */
+    vn->hc = ir_linear(g, w->ctx, ir_pgather(g, vn->W[0], vn->H, rows, C, iota(A, D, C)), NULL);
 }
 
 /* The first layer's bias rows W_t temb(t_r) + b at t_r = t0 + r dt. */
@@ -528,7 +533,8 @@ static ir_node *vnet_bias_table(lw *w, const ir_layer *L, vnet *vn, int rows, do
 
 /* v(z, t) given its first-layer bias row; remembers the pre-activations. */
 static ir_node *vnet_v(lw *w, vnet *vn, ir_node *z, ir_node *bias) {
-  ir_node *h = ir_linear(w->g, ir_concat(w->g, z, w->ctx), vn->Wzc, bias);
+  ir_node *h = ir_linear(w->g, z, vn->Wz, bias);
+  if (vn->hc) h = ir_binary(w->g, IR_ADD, h, vn->hc);
   for (int j = 1; j < vn->nl; j++)
     h = ir_linear(w->g, ir_unary(w->g, act_op(vn->act), vn->pre[j - 1] = h), vn->W[j], vn->b[j]);
   return h;
@@ -537,7 +543,7 @@ static ir_node *vnet_v(lw *w, vnet *vn, ir_node *z, ir_node *bias) {
 /* dv/dz t for a tangent t of z (forward mode), at the last vnet_v's point. */
 static ir_node *vnet_jvp(lw *w, vnet *vn, ir_node *t) {
   ir_graph *g = w->g;
-  t = ir_linear(g, ir_pad(g, t, 0, vn->D + vn->C), vn->Wzc, NULL);
+  t = ir_linear(g, t, vn->Wz, NULL);
   for (int j = 1; j < vn->nl; j++)
     t = ir_linear(g, ir_binary(g, IR_MUL, t, ir_dact(g, act_op(vn->act), vn->pre[j - 1])),
                   vn->W[j], NULL);
@@ -683,8 +689,9 @@ static ir_node *cnf_loop(lw *w, cnfl *c, ir_node *z, ir_node **ld) {
 ** read, not folded. */
 static ir_node *vnet_vt(lw *w, const ir_layer *L, vnet *vn, ir_node *z, ir_node *t) {
   ir_graph *g = w->g;
-  ir_node *in = ir_concat(g, ir_concat(g, z, w->ctx), ir_temb(g, L->time == TIME_SINCOS, vn->K, t));
-  ir_node *h = ir_linear(g, in, vn->W[0], vn->b[0]);
+  ir_node *te = ir_linear(g, ir_temb(g, L->time == TIME_SINCOS, vn->K, t), vn->Wt, vn->b[0]);
+  ir_node *h = ir_binary(g, IR_ADD, ir_linear(g, z, vn->Wz, NULL), te);
+  if (vn->hc) h = ir_binary(g, IR_ADD, h, vn->hc);
   for (int j = 1; j < vn->nl; j++)
     h = ir_linear(g, ir_unary(g, act_op(vn->act), vn->pre[j - 1] = h), vn->W[j], vn->b[j]);
   return h;

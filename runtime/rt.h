@@ -240,9 +240,10 @@ int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
 ** several tiles failed, the one with the lowest row wins, so the answer does
 ** not depend on the thread count. -1 when no call has failed so. */
 int rt_model_failed_layer(const rt_model *m);
-/* The prep results of an entry, for tests and the interpreter; entry
-** RT_TRAIN_PREP (when desc.has_train): the train program's. */
-const float *const *rt_model_prep(const rt_model *m, int entry);
+/* The prep results of an entry, for tests and the interpreter, brought up
+** to date (during training an entry's program runs when it is next used);
+** entry RT_TRAIN_PREP (when desc.has_train): the train program's. */
+const float *const *rt_model_prep(rt_model *m, int entry);
 #define RT_TRAIN_PREP RT_NENTRY
 
 /* ---- prep programs in double (rt_prep.c) ---- */

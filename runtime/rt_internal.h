@@ -151,6 +151,8 @@ struct rt_model {
   rt_weights w;               /* n, data == params, step: rt_model_params */
   float **prep[RT_NENTRY + 1];  /* [RT_NENTRY]: the train program's */
   double **vals[RT_NENTRY + 1]; /* the same results in double */
+  unsigned char stale[RT_NENTRY]; /* set_params during training: an entry's program
+                                 runs when the entry is next called */
   unsigned char *seen;        /* permutation checks, maxperm bytes */
   size_t maxperm;
   rt_pool *pool;

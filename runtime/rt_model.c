@@ -204,8 +204,12 @@ rt_model *rt_model_open(const rt_desc *d, const rt_kernel kernels[RT_NENTRY],
   return m;
 }
 
-const float *const *rt_model_prep(const rt_model *m, int entry) {
+const float *const *rt_model_prep(rt_model *m, int entry) {
   if (!m || entry < 0 || entry >= nprog(m)) return NULL;
+  if (entry < RT_NENTRY && m->stale[entry]) {
+    run_prep(m, entry);
+    m->stale[entry] = 0;
+  }
   return (const float *const *)m->prep[entry];
 }
 
@@ -262,10 +266,12 @@ int rt_model_set_params(rt_model *m, const rt_weights *w, char *err, size_t errl
     if (bytes && w->data[i] != m->params[i]) memcpy(m->params[i], w->data[i], bytes);
   }
   m->w.step = w->step;
-  /* every training step ends here: skip the programs of kernels not compiled */
+  /* every training step ends here: the train program now, the entries'
+     when next called (a cnf's fused trace costs H0 H1 D at each run) */
   for (int k = 0; k < nprog(m); k++) {
     int e = prog_at(m, k);
-    if (e < RT_NENTRY ? m->k[e] != NULL : training) run_prep(m, e);
+    if (e == RT_NENTRY ? training : m->k[e] != NULL && !training) run_prep(m, e);
+    else if (e < RT_NENTRY) m->stale[e] = m->k[e] != NULL;
   }
   hand_back_sn(m, w, training);
   return RT_OK;
@@ -338,6 +344,10 @@ static int run(job *j) {
   rt_model *m = j->m;
   const rt_desc *d = m->d;
   if (!m->k[j->entry]) return RT_EINVAL;
+  if (m->stale[j->entry]) {
+    run_prep(m, j->entry);
+    m->stale[j->entry] = 0;
+  }
   if (d->context > 0) {
     if (!j->ctx || !(j->ctx_rows == 1 || j->ctx_rows == j->n)) return RT_EINVAL;
   } else if (j->ctx) {

@@ -412,6 +412,7 @@ Test(grad, set_params_reruns_preps) {
   const rt_weights *mw = rt_model_params(m);
   cr_assert_eq(mw->n, 3);
   cr_assert_eq(memcmp(mw->data[0], s, 3 * sizeof(float)), 0);
+  cr_assert_eq(rt_model_prep(m, RT_LOGPROB), lp);   /* training: brought up to date on use */
   for (int j = 0; j < 3; j++) {
     cr_assert_float_eq(tp[0][j], expf(s[j]), 1e-6 * expf(s[j]));
     cr_assert_float_eq(lp[0][j], expf(s[j]), 1e-6 * expf(s[j]));
