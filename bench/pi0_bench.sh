@@ -39,7 +39,7 @@
 # Environment: FLOWC (default build/flowc, built if the build folder
 # exists), PYTHON (default /usr/bin/python3, with torch and numpy), MODEL
 # (pi0_head), CC (cc), TSTEPS (30), TBATCH (256), NTRAIN (4096), TIME_DIST
-# (beta(1.5,1)), BENCH_OP_TRAIN (0). A few minutes on two cores.
+# (beta(1.5,1)), BENCH_OP_TRAIN (1). A few minutes on two cores.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -49,7 +49,7 @@ TSTEPS=${TSTEPS:-30}
 TBATCH=${TBATCH:-256}
 NTRAIN=${NTRAIN:-4096}
 TIME_DIST=${TIME_DIST:-beta(1.5,1)}
-BENCH_OP_TRAIN=${BENCH_OP_TRAIN:-0}
+BENCH_OP_TRAIN=${BENCH_OP_TRAIN:-1}
 M=examples/pi0_head.flow
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
