@@ -370,6 +370,7 @@ int cmd_bench(const drv_opts *o) {
     rc = (fprintf(stderr, "flowc: bench --op train --objective fm [--time-dist uniform|beta(A,B)]\n"),
           EXIT_USAGE);
   if (!rc && fm && ir_use_fm(s.prog, ta, tb, err, sizeof err)) rc = drv_fail("%s", err);
+  if (!rc && train && !fm) rc = drv_ml_ok(s.model);
   if (!rc && train) pass_autodiff(s.prog);
   if (!rc) rc = drv_compile_lowered(&s, o);
   double tc = now_s() - t0;

@@ -70,6 +70,10 @@ int drv_train_step(rt_model *rt, rt_optim *opt, rt_weights *w, long B, const flo
 /* --time-dist uniform | beta(A,B): 0 with the Beta's shapes, -1 if bad. */
 int drv_time_dist(const char *s, double *a, double *b);
 
+/* Maximum likelihood needs a density and a solver it can differentiate:
+** 0, or EXIT_INPUT after naming the sde or dopri5 layer that stops it. */
+int drv_ml_ok(const ir_model *m);
+
 int cmd_check(const drv_opts *o);
 int cmd_init(const drv_opts *o);
 int cmd_run(const drv_opts *o);      /* logprob, encode, decode */

@@ -234,8 +234,7 @@ int drv_time_dist(const char *s, double *a, double *b) {
   return *a > 0 && *b > 0 && *a < 1e6 && *b < 1e6 ? 0 : -1;
 }
 
-/* Maximum likelihood needs a density and a solver it can differentiate. */
-static int ml_ok(const ir_model *m) {
+int drv_ml_ok(const ir_model *m) {
   for (int k = 0; k < m->nlayers; k++) {
     const ir_layer *L = &m->layers[k];
     if (L->kind == LAYER_SDE)
@@ -290,7 +289,7 @@ static int setup(trainer *t) {
   t->D = t->s.model->dim;
   t->C = t->s.model->context;
   if (fm && ir_use_fm(t->s.prog, ta, tb, err, sizeof err)) return drv_fail("%s", err);
-  if (!fm && (rc = ml_ok(t->s.model))) return rc;
+  if (!fm && (rc = drv_ml_ok(t->s.model))) return rc;
   pass_autodiff(t->s.prog);
   /* steps; validation (flow matching's is the train kernel's loss) */
   t->s.entries = CG_TRAIN_MASK | (fm ? 0 : CG_ENTRY(RT_LOGPROB));

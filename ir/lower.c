@@ -629,7 +629,7 @@ static ir_node *plus(lw *w, ir_node *a, ir_node *b) {
 }
 
 /* dopri5's first attempted step; the controller adapts it from there. */
-#define CG_DOPRI5_H0 0.05
+#define DOPRI5_H0 0.05
 
 /* A cnf being lowered: the net, the step h and each stage's bias table. */
 typedef struct cnfl {
@@ -735,7 +735,7 @@ static ir_node *cnf_dopri5(lw *w, cnfl *c, ir_node *u, ir_node **ld) {
   ir_node *zero = ir_rowsum(g, ir_slice(g, u, 0, 0));
   ir_node *y0 = *ld ? ir_concat(g, u, *ld) : u;
   ir_node *t0 = ir_binary(g, IR_ADD, zero, ir_const(g, inv ? 1.0 : 0.0));
-  ir_node *h0 = ir_binary(g, IR_ADD, zero, ir_const(g, inv ? -CG_DOPRI5_H0 : CG_DOPRI5_H0));
+  ir_node *h0 = ir_binary(g, IR_ADD, zero, ir_const(g, inv ? -DOPRI5_H0 : DOPRI5_H0));
   ir_node *s = ir_fix_begin(g, ir_concat(g, ir_concat(g, y0, t0), h0), c->k);
   ir_node *y = ir_slice(g, s, 0, n), *t = ir_slice(g, s, n, 1), *h = ir_slice(g, s, n + 1, 1);
   ir_node *k[7];
