@@ -92,14 +92,26 @@ const cg_extern_sym *cg_extern_syms(int *n) {
 /* Rows per kernel call: 64, halved while a tile's scratch exceeds 2 MB
 ** (about L2 + a share of L3 here). Not 512 KB: wide training graphs then
 ** ran 4-row tiles, below the size where their products go to BLAS
-** (RealNVP D=16, 256x2: a training step 60 ms -> 29 ms). */
+** (RealNVP D=16, 256x2: a training step 60 ms -> 29 ms). A graph with a
+** weight of 512 x 512 or more starts at 256 rows within 16 MB: OpenBLAS
+** repacks the weight for every call, and more rows a call amortise it
+** (pi0's head, flow-matching training at batch 256: +35%). */
 int cg_tile(const ir_program *p) {
   long s = 1;
   for (int e = 0; e < IR_NENTRY; e++)
     if (p->entry[e] && p->entry[e]->scratch > s) s = p->entry[e]->scratch;
   if (p->train && p->train->scratch > s) s = p->train->scratch;
-  int tile = 64;
-  while (tile > 1 && (long)tile * s * (long)sizeof(float) > 2048L * 1024) tile /= 2;
+  int big = 0;   /* a product of a weight that BLAS streams anyway: rows amortise its packing */
+  for (int e = 0; e <= IR_NENTRY && !big; e++) {
+    const ir_graph *g = e < IR_NENTRY ? p->entry[e] : p->train;
+    for (int i = 0; g && i < g->nnodes && !big; i++) {
+      const ir_node *x = g->nodes[i];
+      big = x->batch && x->op == IR_LINEAR && (long)x->args[1]->rows * x->args[1]->n >= CG_GEMV_MIN_SIZE;
+    }
+  }
+  int tile = big ? 256 : 64;
+  long lim = big ? 16384L * 1024 : 2048L * 1024;
+  while (tile > 1 && (long)tile * s * (long)sizeof(float) > lim) tile /= 2;
   return tile;
 }
 
