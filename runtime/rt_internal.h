@@ -144,6 +144,10 @@ typedef struct rt_train_buf {
   uint64_t noise_seed, noise_ctr; /* rt_model_set_noise */
 } rt_train_buf;
 
+/* Below this many rows rt_k_gemm makes matrix-vector products (sgemv),
+** whose threaded form splits the outputs and so gives the same bits. */
+#define RT_K_GEMV_ROWS 4
+
 struct rt_model {
   rt_desc *d;
   rt_kernel k[RT_NENTRY];
@@ -157,6 +161,8 @@ struct rt_model {
   size_t maxperm;
   rt_pool *pool;
   int nthreads;
+  int blas_wide;              /* a weight of 512 x 512 or more: a one-tile call lets
+                                 OpenBLAS use the threads (rt_model.c, run) */
   rt_tls *tls;
   rt_kernel train;
   rt_train_buf tb;

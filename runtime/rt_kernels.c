@@ -263,8 +263,6 @@ float rt_k_rqs_inv_grad(float yf, const float *h, int64_t K, float bound, float 
   return (float)c;
 }
 
-#define RT_K_GEMV_ROWS 4
-
 void rt_k_gemm(int64_t m, int64_t n, int64_t k, const float *A, const float *B,
                const float *bias, float *C) {
   if (m <= 0 || n <= 0) return;

@@ -220,7 +220,7 @@ Test(jit, wide_network_gemm) {
 
 /* A 512 x 512 weight goes to BLAS at any number of rows (matrix-vector
 ** products below RT_K_GEMV_ROWS): 1, 3, 5 and 17 rows against the
-** interpreter. */
+** interpreter, and the same with OpenBLAS's threads (2) as without. */
 Test(jit, large_weight_few_rows) {
   mg_rng r = {78};
   ir_layerkind kinds[1] = {LAYER_AFFINE_COUPLING};
@@ -234,11 +234,23 @@ Test(jit, large_weight_few_rows) {
   L->net.act = ACT_TANH;
   compile_model(&c, m, &r, 2, 1);
   static const long rows[] = {1, 3, 5, 17};
+  /* a one-tile call lets OpenBLAS use the threads: the same bits as one */
+  rt_kernel k2[RT_NENTRY];
+  cg_jit_kernels(c.jit, k2);
+  rt_weights w = {c.p->nparams, c.params, 0};
+  char err[256];
+  rt_model *m2 = rt_model_open(c.desc, k2, &w, 2, err, sizeof err);
+  cr_assert(m2, "%s", err);
   for (int k = 0; k < 4; k++) {
-    float *x = randf(&r, rows[k] * 6, 1.0);
+    float *x = randf(&r, rows[k] * 6, 1.0), y1[17 * 6], y2[17 * 6], l1[17], l2[17];
     for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, rows[k], x, NULL);
+    cr_assert_eq(rt_model_decode(c.m, (size_t)rows[k], x, NULL, 0, y1, l1), 0);
+    cr_assert_eq(rt_model_decode(m2, (size_t)rows[k], x, NULL, 0, y2, l2), 0);
+    cr_assert(!memcmp(y1, y2, (size_t)rows[k] * 6 * sizeof *y1) &&
+              !memcmp(l1, l2, (size_t)rows[k] * sizeof *l1), "%ld rows: 1 and 2 threads differ", rows[k]);
     free(x);
   }
+  rt_model_close(m2);
   release(&c);
 }
 
