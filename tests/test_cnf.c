@@ -49,6 +49,21 @@ static int run(const ir_program *p, ir_entry e, void **w, long n, const double *
   return ir_interp(p, p->entry[e], (const void *const *)w, n, in, ctx, out, ld, err, 256);
 }
 
+/* log|det| of the encode map at x (D <= 12) by central differences. */
+static double fd_logdet(const ir_program *p, void **w, int D, const double *x, const double *c) {
+  double J[144], xp[12], zp[12], zm[12], h = 1e-6;
+  char err[256];
+  for (int j = 0; j < D; j++) {
+    memcpy(xp, x, (size_t)D * sizeof *x);
+    xp[j] = x[j] + h;
+    cr_assert_eq(run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zp, NULL, err), 0, "%s", err);
+    xp[j] = x[j] - h;
+    cr_assert_eq(run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zm, NULL, err), 0, "%s", err);
+    for (int i = 0; i < D; i++) J[i * D + j] = (zp[i] - zm[i]) / (2 * h);
+  }
+  return tu_logabsdet(J, D);
+}
+
 /* log|det dz/dx| of encode against central differences of the encode map
 ** itself: rk4 integrates the trace with the state, so the two agree to
 ** the solver's error, which 16 steps make small. */
@@ -59,20 +74,11 @@ Test(cnf, logdet_matches_the_solver_map) {
     for (int C = 0; C <= 2; C += 2) {
       ir_program *p = ir_lower(A, cnf_model(A, D, C, SOLVER_RK4, 16, D % 2, 1 + D % 2), NULL, 0);
       void **w = mg_params(A, &r, p, 1.0);
-      double x[3], c[2] = {0.5, -0.3}, z[3], ld, J[9], xp[3], zp[3], zm[3];
+      double x[3], c[2] = {0.5, -0.3}, z[3], ld;
       char err[256];
       for (int i = 0; i < D; i++) x[i] = mg_normal(&r);
       cr_assert_eq(run(p, IR_ENTRY_ENCODE_LD, w, 1, x, c, z, &ld, err), 0, "%s", err);
-      for (int j = 0; j < D; j++) {
-        double h = 1e-6;
-        memcpy(xp, x, sizeof x);
-        xp[j] = x[j] + h;
-        run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zp, NULL, err);
-        xp[j] = x[j] - h;
-        run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zm, NULL, err);
-        for (int i = 0; i < D; i++) J[i * D + j] = (zp[i] - zm[i]) / (2 * h);
-      }
-      double want = tu_logabsdet(J, D);
+      double want = fd_logdet(p, w, D, x, c);
       cr_assert(fabs(ld) > 1e-3, "D %d: the flow must do something (ld %g)", D, ld);
       cr_assert(fabs(ld - want) < 1e-5 * (1 + fabs(want)), "D %d C %d: logdet %.10g, differences %.10g",
                 D, C, ld, want);
@@ -97,20 +103,11 @@ Test(cnf, every_exact_trace_matches_the_solver_map) {
     int D = cases[t].D;
     ir_program *p = ir_lower(A, cnf_model(A, D, 2, SOLVER_RK4, 12, 0, cases[t].nh), NULL, 0);
     void **w = mg_params(A, &r, p, 0.8);
-    double x[12], c[2] = {0.4, -0.9}, z[12], ld, J[144], xp[12], zp[12], zm[12];
+    double x[12], c[2] = {0.4, -0.9}, z[12], ld;
     char err[256];
     for (int i = 0; i < D; i++) x[i] = mg_normal(&r);
     cr_assert_eq(run(p, IR_ENTRY_ENCODE_LD, w, 1, x, c, z, &ld, err), 0, "%s", err);
-    for (int j = 0; j < D; j++) {
-      double h = 1e-6;
-      memcpy(xp, x, sizeof x);
-      xp[j] = x[j] + h;
-      run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zp, NULL, err);
-      xp[j] = x[j] - h;
-      run(p, IR_ENTRY_ENCODE, w, 1, xp, c, zm, NULL, err);
-      for (int i = 0; i < D; i++) J[i * D + j] = (zp[i] - zm[i]) / (2 * h);
-    }
-    double want = tu_logabsdet(J, D);
+    double want = fd_logdet(p, w, D, x, c);
     cr_assert(fabs(ld) > 1e-3, "case %d: ld %g", t, ld);
     cr_assert(fabs(ld - want) < 1e-5 * (1 + fabs(want)), "case %d (D %d, %d hidden): logdet %.10g, "
               "differences %.10g", t, D, cases[t].nh, ld, want);
