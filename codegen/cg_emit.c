@@ -645,6 +645,25 @@ static void gemm_join(E *e, LLVMBasicBlockRef join) {
   LLVMPositionBuilderAtEnd(e->B, join);
 }
 
+/* A private constant i64 array of the n values c (a node's index table). */
+static LLVMValueRef const_table(E *e, LLVMValueRef *c, int n, const char *name) {
+  LLVMValueRef init = LLVMConstArray2(e->i64, c, (uint64_t)n);
+  LLVMValueRef t = LLVMAddGlobal(e->M, LLVMTypeOf(init), name);
+  LLVMSetInitializer(t, init);
+  LLVMSetGlobalConstant(t, 1);
+  LLVMSetLinkage(t, LLVMPrivateLinkage);
+  LLVMSetUnnamedAddress(t, LLVMGlobalUnnamedAddr);
+  LLVMSetAlignment(t, 8);
+  return t;
+}
+
+/* t[i], a load from a const_table. */
+static LLVMValueRef table_at(E *e, LLVMValueRef t, LLVMValueRef i) {
+  LLVMValueRef k = ld_tag(e, LLVMBuildLoad2(e->B, e->i64, LLVMBuildInBoundsGEP2(e->B, e->i64, t, &i, 1, ""), ""));
+  LLVMSetAlignment(k, 8);
+  return k;
+}
+
 /* Refuses a weight that is not a float parameter tensor [out, in]. */
 static int check_weight(E *e, const ir_node *x, const ir_node *Wn, int out, int in) {
   if (Wn->batch || Wn->op == IR_CONST || !is_f32_param(e, Wn))
@@ -654,15 +673,17 @@ static int check_weight(E *e, const ir_node *x, const ir_node *Wn, int out, int 
   return 0;
 }
 
+/* x = in W^T + b as loops. A staircase linear (x->idx) sums row o over
+** its first idx[o] inputs only: the rest of the row is zero. */
 static void emit_linear_inline(E *e, const ir_node *x, const ir_node *in, LLVMValueRef W,
-                               const ir_node *b) {
+                               const ir_node *b, LLVMValueRef prefix) {
   int ni = in->n, no = x->n;
   loop R, O, I;
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &O, ci(e, no));
   LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), O.iv) : cf(e, 0), e->acc);
   if (ni > 0) {
-    loop_begin(e, &I, ci(e, ni));
+    loop_begin(e, &I, prefix ? table_at(e, prefix, O.iv) : ci(e, ni));
     LLVMValueRef xv = get(e, in, R.iv, I.iv);
     LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, O.iv, ci(e, ni)), I.iv)));
     LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->acc, "");
@@ -695,7 +716,18 @@ static int emit_linear(E *e, const ir_node *x) {
     long size = (long)x->n * in->n;   /* a weight beyond L2: BLAS's streaming wins at any rows */
     join = gemm_call_rows(e, "rt_k_gemm", av, 7, size >= CG_GEMV_MIN_SIZE ? 1 : CG_GEMM_MIN_ROWS);
   }
-  emit_linear_inline(e, x, in, W, b);
+  LLVMValueRef prefix = NULL;
+  if (x->idx) {
+    LLVMValueRef *c = malloc(sizeof *c * (size_t)x->n);
+    if (!c) return efail(e, x, "out of memory");
+    for (int o = 0; o < x->n; o++) c[o] = ci(e, x->idx[o]);
+    int bad = 0;
+    for (int o = 0; o < x->n; o++) bad |= x->idx[o] < 0 || x->idx[o] > in->n;
+    if (!bad) prefix = const_table(e, c, x->n, "prefix");
+    free(c);
+    if (bad) return efail(e, x, "row prefix out of [0, %d]", in->n);
+  }
+  emit_linear_inline(e, x, in, W, b, prefix);
   gemm_join(e, join);
   return 0;
 }
@@ -772,24 +804,14 @@ static int emit_gather(E *e, const ir_node *x) {
     }
     for (int i = 0; i < x->n; i++) c[i] = ci(e, x->i1 ? inv[i] : x->idx[i]);
     free(inv);
-    LLVMValueRef init = LLVMConstArray2(e->i64, c, (uint64_t)x->n);
+    idx = const_table(e, c, x->n, "perm");
     free(c);
-    char name[64];
-    snprintf(name, sizeof name, "perm.%d", x->id);
-    idx = LLVMAddGlobal(e->M, LLVMTypeOf(init), name);
-    LLVMSetInitializer(idx, init);
-    LLVMSetGlobalConstant(idx, 1);
-    LLVMSetLinkage(idx, LLVMPrivateLinkage);
-    LLVMSetUnnamedAddress(idx, LLVMGlobalUnnamedAddr);
-    LLVMSetAlignment(idx, 8);
   }
   if (x->n == 0) return 0;
   loop R, Cl;
   loop_begin(e, &R, e->nrows);
   loop_begin(e, &Cl, ci(e, x->n));
-  LLVMValueRef ip = LLVMBuildInBoundsGEP2(e->B, e->i64, idx, &Cl.iv, 1, "");
-  LLVMValueRef k = ld_tag(e, LLVMBuildLoad2(e->B, e->i64, ip, ""));
-  LLVMSetAlignment(k, 8);
+  LLVMValueRef k = table_at(e, idx, Cl.iv);
   if (scatter) stf(e, get(e, a, R.iv, Cl.iv), dst(e, x, R.iv, k));
   else stf(e, get(e, a, R.iv, k), dst(e, x, R.iv, Cl.iv));
   loop_end(e, &Cl);

@@ -525,6 +525,20 @@ static void sde_noise(const ir_node *x, val *V, int runs) {
   free(kf);
 }
 
+/* A staircase linear sums each row only up to its prefix: the reference
+** sums it all, and insists that the rest of the row is zero. */
+static int stair_check(const ir_node *x, const val *V, char *err, size_t errlen) {
+  const val *W = &V[x->args[1]->id];
+  for (long o = 0; o < W->rows; o++)
+    for (long i = x->idx[o] < 0 ? 0 : x->idx[o]; i < W->n; i++)
+      if (W->v[o * W->n + i] != 0 || x->idx[o] < 0) {
+        snprintf(err, errlen, "interp: node %d: staircase linear's weight [%ld, %ld] past its "
+                 "row prefix %d is %g, not 0", x->id, o, i, x->idx[o], W->v[o * W->n + i]);
+        return -1;
+      }
+  return 0;
+}
+
 static int interp(const ir_program *p, const ir_graph *g, const void *const *params,
                   long nrows, const double *in, const double *ctx, const double *noise,
                   double *out0, double *out1, double *const *grads, char *err, size_t errlen) {
@@ -557,6 +571,7 @@ static int interp(const ir_program *p, const ir_graph *g, const void *const *par
       sink(p, x, V, nrows, grads);
     } else {
       eval(x, V, nrows);
+      if (x->op == IR_LINEAR && x->idx && (rc = stair_check(x, V, err, errlen))) break;
     }
     if (x->op == IR_FIX_END) {
       int next = fix_next(x, V, ++runs[x->args[0]->id]);

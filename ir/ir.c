@@ -202,6 +202,15 @@ ir_node *ir_dact(ir_graph *g, ir_op unary, ir_node *a) {
   return x;
 }
 
+ir_node *ir_linear_prefix(ir_graph *g, ir_node *in, ir_node *W, ir_node *b, const int *prefix) {
+  assert(in->batch);
+  ir_node *x = ir_linear(g, in, W, b);
+  int *idx = ir_alloc(g->A, (size_t)x->n * sizeof *idx + 1);
+  for (int o = 0; o < x->n; o++) idx[o] = prefix[o];
+  x->idx = idx;
+  return x;
+}
+
 ir_node *ir_linear_t(ir_graph *g, ir_node *dy, ir_node *W) {
   assert(dy->batch && !W->batch && W->rows == dy->n);
   ir_node *x = add(g, IR_LINEAR_T, 1, 1, W->n);

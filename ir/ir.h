@@ -40,7 +40,9 @@ typedef enum ir_op {
   /* structure, batch */
   IR_LINEAR,      /* x[B,in], W[out,in] (param), b[1,out] (param, optional).
                      With a param-class x [r,in] the result is param-class
-                     [r,out] = x W^T + b, a prep op (a cnf's time columns) */
+                     [r,out] = x W^T + b, a prep op (a cnf's time columns).
+                     idx (optional, n entries): a staircase; row o of W is
+                     zero past column idx[o], which the sum stops at */
   IR_SLICE,       /* columns [i0, i0 + n) of x */
   IR_CONCAT,      /* [a, b] along columns */
   IR_GATHER,      /* y[:,i] = x[:, perm[i]]; perm = args[1] (I64 param [1,n])
@@ -133,7 +135,8 @@ struct ir_node {
   int i0, i1, i2;
   double f0, f1;
   const int *idx;         /* IR_GATHER constant permutation, n entries;
-                             IR_PGATHER rows + n entries */
+                             IR_PGATHER rows + n entries; IR_LINEAR
+                             row prefixes, n entries (NULL: dense) */
   /* filled by passes */
   int uses;               /* number of uses within the graph (+1 per output) */
   long offset;            /* pass_memplan: this node's buffer starts at
@@ -232,6 +235,8 @@ ir_node *ir_const(ir_graph *g, double v);
 ir_node *ir_unary(ir_graph *g, ir_op op, ir_node *x);
 ir_node *ir_binary(ir_graph *g, ir_op op, ir_node *a, ir_node *b);
 ir_node *ir_linear(ir_graph *g, ir_node *x, ir_node *W, ir_node *b);
+/* A batch linear whose row o of W is zero past column prefix[o] (copied). */
+ir_node *ir_linear_prefix(ir_graph *g, ir_node *x, ir_node *W, ir_node *b, const int *prefix);
 ir_node *ir_slice(ir_graph *g, ir_node *x, int lo, int n);
 ir_node *ir_concat(ir_graph *g, ir_node *a, ir_node *b);
 ir_node *ir_gather(ir_graph *g, ir_node *x, ir_node *perm, const int *idx, int inverse);

@@ -279,23 +279,61 @@ static ir_node *ar_transform(lw *w, const ir_layer *L, ir_node *h, ir_node *x, i
   return ir_binary(g, IR_ADD, ir_binary(g, IR_MUL, x, ir_unary(g, IR_EXP, s)), t);
 }
 
+/* The mask kind of MADE linear layer j. */
+static int made_kind(const ir_net *net, int j) {
+  int first = j == 0, last = j == net->nhidden;
+  return first ? (last ? IR_MASK_IN_OUT : IR_MASK_IN_HIDDEN)
+               : (last ? IR_MASK_HIDDEN_OUT : IR_MASK_HIDDEN_HIDDEN);
+}
+
 /*
-** The parallel direction: all dimensions at once, as one masked matrix
-** product a layer. Here the zero blocks are multiplied: one product (a
-** BLAS call at large batch) beats D small ones, and the gradient graph
-** stays small enough to compile quickly.
+** The parallel direction: all dimensions at once, one masked matrix product
+** a layer. For evaluation the products are staircases: inputs ordered
+** [context | u] and hidden units sorted by degree (a load-time gather of
+** the masked weights) make every row's connections a prefix, and the sum
+** of each row stops there (IR_LINEAR's idx): about half of the zero
+** blocks are never multiplied. At large batch BLAS multiplies them all,
+** which still beats D small products. The train graph keeps plain masked
+** products, whose gradients autodiff knows.
 */
 static ir_node *ar_parallel(lw *w, const ir_layer *L, int p0, ir_node *cond, ir_node *x, int inv) {
   const ir_net *net = &L->net;
   int D = w->m->dim, C = w->m->context, per = L->spline ? 3 * L->bins - 1 : 0;
-  ir_node *h = ir_concat(w->g, cond, w->ctx);
+  ir_graph *g = w->g;
+  if (w->train) {
+    ir_node *h = ir_concat(g, cond, w->ctx);
+    for (int j = 0; j <= net->nhidden; j++) {
+      ir_node *W = ir_made_mask(g, ir_param_node(g, w->p, p0 + 2 * j), made_kind(net, j), D, C, per);
+      h = ir_linear(g, h, W, ir_param_node(g, w->p, p0 + 2 * j + 1));
+      if (j < net->nhidden) h = ir_unary(g, act_op(net->act), h);
+    }
+    return ar_transform(w, L, h, x, D, inv);
+  }
+  ir_node *h = ir_concat(g, w->ctx, cond);
+  int *cols = ir_alloc(w->p->A, (size_t)(D + C) * sizeof *cols);
+  for (int i = 0; i < D + C; i++) cols[i] = i < C ? D + i : i - C;
   for (int j = 0; j <= net->nhidden; j++) {
-    int first = j == 0, last = j == net->nhidden;
-    int kind = first ? (last ? IR_MASK_IN_OUT : IR_MASK_IN_HIDDEN)
-                     : (last ? IR_MASK_HIDDEN_OUT : IR_MASK_HIDDEN_HIDDEN);
-    ir_node *W = ir_made_mask(w->g, ir_param_node(w->g, w->p, p0 + 2 * j), kind, D, C, per);
-    h = ir_linear(w->g, h, W, ir_param_node(w->g, w->p, p0 + 2 * j + 1));
-    if (!last) h = ir_unary(w->g, act_op(net->act), h);
+    ir_node *Wp = ir_param_node(g, w->p, p0 + 2 * j);
+    int out = Wp->rows, in = Wp->n, kind = made_kind(net, j), zero = 0;
+    int *rows = ir_alloc(w->p->A, (size_t)out * sizeof *rows);
+    int *len = ir_alloc(w->p->A, (size_t)out * sizeof *len);
+    int nr = 0;
+    if (j == net->nhidden)
+      for (int o = 0; o < out; o++) rows[nr++] = o;
+    else   /* by degree, stably */
+      for (int d = 0; d <= D; d++)
+        for (int o = 0; o < out; o++)
+          if (rt_made_deg_hidden(D, C, o) == d) rows[nr++] = o;
+    for (int o = 0; o < out; o++) {
+      len[o] = 0;
+      for (int i = 0; i < in; i++)
+        if (rt_made_connected(kind, D, C, per, rows[o], cols[i])) len[o] = i + 1;
+    }
+    ir_node *W = ir_pgather(g, ir_made_mask(g, Wp, kind, D, C, per), out, rows, in, cols);
+    ir_node *b = ir_pgather(g, ir_param_node(g, w->p, p0 + 2 * j + 1), 1, &zero, out, rows);
+    h = ir_linear_prefix(g, h, W, b, len);
+    if (j < net->nhidden) h = ir_unary(g, act_op(net->act), h);
+    cols = rows;
   }
   return ar_transform(w, L, h, x, D, inv);
 }

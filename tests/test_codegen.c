@@ -479,6 +479,50 @@ Test(codegen, linear_large_gemm) {
   linear_case(64, 64, 0, 2e-5);
 }
 
+/* A staircase linear (MADE's parallel direction) sums row o over its first
+** prefix[o] inputs only. The weight here is nonzero past the prefixes, so
+** the result shows that the loops stop there (the interpreter would refuse
+** it; this 33 x 7 weight never goes to BLAS). */
+static const int stair_len[7] = {0, 1, 5, 33, 12, 2, 33};
+static void build_stair(ir_graph *g, ir_program *p, int e) {
+  (void)e;
+  ir_node *x = ir_input(g, 0, 33);
+  ir_output(g, ir_linear_prefix(g, x, ir_param_node(g, p, 0), ir_param_node(g, p, 1), stair_len));
+}
+
+Test(codegen, linear_staircase) {
+  lin_params[0] = (pspec){"w", IR_F32, 2, 7, 33, INIT_LINEAR_WEIGHT};
+  lin_params[1] = (pspec){"b", IR_F32, 1, 7, 0, INIT_LINEAR_BIAS};
+  tprog t;
+  make_prog(&t, "stair", 33, 0, 2, lin_params, build_stair, 2, 0.3);
+  char err[512];
+  cg_jit *j = cg_jit_new_entries(t.p, 2, g_mask, err, sizeof err);
+  cr_assert(j, "%s", err);
+  rt_kernel ks[RT_NENTRY];
+  cg_jit_kernels(j, ks);
+  long n = 40;
+  float *in = rand_rows(n * 33, 1), out[40 * 7];
+  const float *W = t.params[0], *b = t.params[1];
+  for (long chunk = 1; chunk <= 32; chunk *= 32) {
+    run_kernel(&t, IR_ENTRY_ENCODE, ks[IR_ENTRY_ENCODE], n, chunk, in, NULL, out, NULL);
+    for (long r = 0; r < n; r++)
+      for (int o = 0; o < 7; o++) {
+        double want = b[o];
+        for (int i = 0; i < stair_len[o]; i++) want += (double)in[r * 33 + i] * W[o * 33 + i];
+        cr_assert(fabs(out[r * 7 + o] - want) < 1e-5, "row %ld out %d: %g, prefix sum %g", r, o,
+                  out[r * 7 + o], want);
+      }
+  }
+  /* the reference refuses a staircase whose rows are not zero past it */
+  double ind[33] = {0}, o[7];
+  cr_assert_neq(ir_interp(t.p, t.p->entry[IR_ENTRY_ENCODE], (const void *const *)t.params, 1, ind,
+                          NULL, o, NULL, err, sizeof err), 0);
+  cr_assert(strstr(err, "past its row prefix"), "%s", err);
+  free(in);
+  cg_jit_free(j);
+  free_prog(&t);
+}
+
 /* ---- every LLVM level on a small MLP with two outputs ---- */
 
 static const pspec mlp_params[] = {
