@@ -126,6 +126,10 @@ typedef struct nval {
   LLVMValueRef iter;      /* IR_FIX_BEGIN: i64 alloca, body runs so far */
   int kind;               /* where ptr comes from (NV_*), to rebuild it in a new segment */
   int src, col;           /* NV_VIEW: the viewed node and the first column */
+  int fused;              /* computed inside its user's loop (pass_fuse) */
+  int gemm;               /* fused linear: BLAS takes calls of CG_GEMM_MIN_ROWS rows
+                             or more, into its buffer */
+  LLVMValueRef prefix;    /* staircase linear: its table of row prefixes, once made */
 } nval;
 
 enum { NV_NONE, NV_SCRATCH, NV_INPUT, NV_NOISE, NV_VIEW };
@@ -163,6 +167,7 @@ typedef struct E {
   LLVMMetadataRef domain;
   LLVMValueRef scope;
   unsigned md_scope, md_noalias, md_loop;
+  int from_buffer;        /* fused linears with gemm set are read from their buffers */
 } E;
 
 static LLVMValueRef ci(E *e, long long v) {
@@ -526,8 +531,16 @@ static int check_operand(E *e, const ir_node *node, const ir_node *x) {
 
 /* Element (r, c) of x with broadcast: params are one row, width-1 tensors
 ** broadcast along columns. */
+static LLVMValueRef fused_val(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c);
+
+static int computed_here(E *e, const ir_node *x) {
+  const nval *v = &e->v[x->id];
+  return x->batch && v->fused && !(v->gemm && e->from_buffer);
+}
+
 static LLVMValueRef get(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
   if (x->op == IR_CONST) return cf(e, x->f0);
+  if (computed_here(e, x)) return fused_val(e, x, r, c);
   if (x->n == 1) c = ci(e, 0);
   if (!x->batch) return ldf(e, gepf(e, pptr(e, x), c));
   nval *v = &e->v[x->id];
@@ -552,17 +565,24 @@ static LLVMValueRef elem(E *e, const ir_node *x, LLVMValueRef *vals) {
   return x->nargs == 1 ? unary(e, x->op, vals[0]) : binary(e, x->op, vals[0], vals[1]);
 }
 
-/* Unary, binary (with broadcasts), IR_DACT and IR_D2ACT. */
-static int emit_elementwise(E *e, const ir_node *x) {
-  int n = x->n, flat = 1;
-  nval *d = &e->v[x->id];
+/* Checks x's operands, and those of the nodes fused into it, against the
+** result buffer d; clears *flat unless every value can be read at one
+** flat index (equal widths, contiguous rows, no dot products). */
+static int check_elementwise(E *e, const ir_node *x, const nval *d, int *flat) {
+  int n = x->n;
   for (int k = 0; k < x->nargs; k++) {
     const ir_node *a = x->args[k];
     if (check_operand(e, x, a)) return -1;
+    if (computed_here(e, a)) {
+      if (a->n != n) return efail(e, x, "fused operand width %d, result %d", a->n, n);
+      if (a->op == IR_LINEAR) *flat = 0;
+      else if (check_elementwise(e, a, d, flat)) return -1;
+      continue;
+    }
     if (a->batch) {
       nval *v = &e->v[a->id];
       if (a->n != n && a->n != 1) return efail(e, x, "operand width %d, result %d", a->n, n);
-      if (a->n != n || v->stride != n) flat = 0;
+      if (a->n != n || v->stride != n) *flat = 0;
       if (overlaps(d, v)) {
         if (!(d->lo == v->lo && d->hi == v->hi && v->stride == n))
           return efail(e, x, "result buffer partly overlaps operand %d", k);
@@ -570,32 +590,99 @@ static int emit_elementwise(E *e, const ir_node *x) {
       }
     } else if (a->op != IR_CONST) {
       if (a->n != n && a->n != 1) return efail(e, x, "operand width %d, result %d", a->n, n);
-      if (a->n != 1) flat = 0;
+      if (a->n != 1) *flat = 0;
     }
   }
   if ((x->op == IR_DACT || x->op == IR_D2ACT) && !ir_is_unary((ir_op)x->i0))
     return efail(e, x, "derivative of %s, not a unary op", ir_op_name((ir_op)x->i0));
-  if (n == 0) return 0;
+  return 0;
+}
+
+/* x at flat index i (check_elementwise said flat). */
+static LLVMValueRef flat_val(E *e, const ir_node *x, LLVMValueRef i) {
   LLVMValueRef vals[2];
+  for (int k = 0; k < x->nargs && k < 2; k++) {
+    const ir_node *a = x->args[k];
+    if (computed_here(e, a)) vals[k] = flat_val(e, a, i);
+    else if (a->batch) vals[k] = ldf(e, gepf(e, e->v[a->id].ptr, i));
+    else vals[k] = get(e, a, ci(e, 0), ci(e, 0));
+  }
+  return elem(e, x, vals);
+}
+
+static void elementwise_loops(E *e, const ir_node *x, int flat) {
   if (flat) {
     loop L;
-    loop_begin(e, &L, imul(e, e->nrows, ci(e, n)));
-    for (int k = 0; k < x->nargs; k++) {
-      const ir_node *a = x->args[k];
-      if (a->batch) vals[k] = ldf(e, gepf(e, e->v[a->id].ptr, L.iv));
-      else vals[k] = get(e, a, ci(e, 0), ci(e, 0));
-    }
-    stf(e, elem(e, x, vals), gepf(e, d->ptr, L.iv));
+    loop_begin(e, &L, imul(e, e->nrows, ci(e, x->n)));
+    stf(e, flat_val(e, x, L.iv), gepf(e, e->v[x->id].ptr, L.iv));
     loop_end(e, &L);
-    return 0;
+    return;
   }
   loop R, Cl;
   loop_begin(e, &R, e->nrows);
-  loop_begin(e, &Cl, ci(e, n));
-  for (int k = 0; k < x->nargs; k++) vals[k] = get(e, x->args[k], R.iv, Cl.iv);
+  loop_begin(e, &Cl, ci(e, x->n));
+  LLVMValueRef vals[2];
+  for (int k = 0; k < x->nargs && k < 2; k++) vals[k] = get(e, x->args[k], R.iv, Cl.iv);
   stf(e, elem(e, x, vals), dst(e, x, R.iv, Cl.iv));
   loop_end(e, &Cl);
   loop_end(e, &R);
+}
+
+static int gemm_linear(E *e, const ir_node *x, LLVMBasicBlockRef *join, int minrows);
+
+/* Calls BLAS for the fused linears below x whose calls it takes. */
+static void fused_gemms(E *e, const ir_node *x) {
+  for (int k = 0; k < x->nargs; k++) {
+    const ir_node *a = x->args[k];
+    if (!a->batch || !e->v[a->id].fused) continue;
+    if (a->op == IR_LINEAR && e->v[a->id].gemm) gemm_linear(e, a, NULL, 0);
+    else if (a->op != IR_LINEAR) fused_gemms(e, a);
+  }
+}
+
+static int any_gemm(E *e, const ir_node *x) {
+  for (int k = 0; k < x->nargs; k++) {
+    const ir_node *a = x->args[k];
+    if (a->batch && e->v[a->id].fused &&
+        (a->op == IR_LINEAR ? e->v[a->id].gemm : any_gemm(e, a)))
+      return 1;
+  }
+  return 0;
+}
+
+/*
+** Unary, binary (with broadcasts), IR_DACT and IR_D2ACT, with the nodes
+** fused into x computed in its loop. When BLAS takes the fused linear
+** maps of a call of many rows, the loop is made twice: after the BLAS
+** calls, reading their buffers, and below CG_GEMM_MIN_ROWS rows, with the
+** dot products in the loop.
+*/
+static int emit_elementwise(E *e, const ir_node *x) {
+  nval *d = &e->v[x->id];
+  int flat = 1;
+  if (check_elementwise(e, x, d, &flat)) return -1;
+  if (x->n == 0) return 0;
+  if (!any_gemm(e, x)) {
+    elementwise_loops(e, x, flat);
+    return 0;
+  }
+  LLVMBasicBlockRef big = LLVMAppendBasicBlockInContext(e->C, e->fn, "gemm");
+  LLVMBasicBlockRef small = LLVMAppendBasicBlockInContext(e->C, e->fn, "loops");
+  LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->C, e->fn, "next");
+  LLVMValueRef many = LLVMBuildICmp(e->B, LLVMIntSGE, e->nrows, ci(e, CG_GEMM_MIN_ROWS), "");
+  LLVMBuildCondBr(e->B, many, big, small);
+  LLVMPositionBuilderAtEnd(e->B, big);
+  e->from_buffer = 1;
+  fused_gemms(e, x);
+  int bflat = 1;
+  if (check_elementwise(e, x, d, &bflat)) return -1;
+  elementwise_loops(e, x, bflat);
+  e->from_buffer = 0;
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, small);
+  elementwise_loops(e, x, flat);
+  LLVMBuildBr(e->B, join);
+  LLVMPositionBuilderAtEnd(e->B, join);
   return 0;
 }
 
@@ -673,29 +760,47 @@ static int check_weight(E *e, const ir_node *x, const ir_node *Wn, int out, int 
   return 0;
 }
 
-/* x = in W^T + b as loops. A staircase linear (x->idx) sums row o over
-** its first idx[o] inputs only: the rest of the row is zero. */
-static void emit_linear_inline(E *e, const ir_node *x, const ir_node *in, LLVMValueRef W,
-                               const ir_node *b, LLVMValueRef prefix) {
-  int ni = in->n, no = x->n;
-  loop R, O, I;
-  loop_begin(e, &R, e->nrows);
-  loop_begin(e, &O, ci(e, no));
-  LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), O.iv) : cf(e, 0), e->acc);
+/* Node x's table of row prefixes (a staircase linear), made once; NULL
+** for a dense one. */
+static LLVMValueRef linear_prefix(E *e, const ir_node *x) {
+  nval *v = &e->v[x->id];
+  if (!x->idx || v->prefix) return v->prefix;
+  LLVMValueRef *c = malloc(sizeof *c * (size_t)x->n);
+  if (!c) return NULL;   /* check_linear made it already */
+  for (int o = 0; o < x->n; o++) c[o] = ci(e, x->idx[o]);
+  v->prefix = const_table(e, c, x->n, "prefix");
+  free(c);
+  return v->prefix;
+}
+
+/* Element (r, o) of x = in W^T + b: a dot product over the row's prefix. */
+static LLVMValueRef linear_dot(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o) {
+  const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
+  int ni = in->n;
+  LLVMValueRef W = pptr(e, x->args[1]), prefix = linear_prefix(e, x);
+  LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), o) : cf(e, 0), e->acc);
   if (ni > 0) {
-    loop_begin(e, &I, prefix ? table_at(e, prefix, O.iv) : ci(e, ni));
-    LLVMValueRef xv = get(e, in, R.iv, I.iv);
-    LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, O.iv, ci(e, ni)), I.iv)));
+    loop I;
+    loop_begin(e, &I, prefix ? table_at(e, prefix, o) : ci(e, ni));
+    LLVMValueRef xv = get(e, in, r, I.iv);
+    LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, o, ci(e, ni)), I.iv)));
     LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->acc, "");
     LLVMBuildStore(e->B, f_add(e, a, f_mul(e, xv, wv)), e->acc);
     loop_end(e, &I);
   }
-  stf(e, LLVMBuildLoad2(e->B, e->f32, e->acc, ""), dst(e, x, R.iv, O.iv));
-  loop_end(e, &O);
-  loop_end(e, &R);
+  return LLVMBuildLoad2(e->B, e->f32, e->acc, "");
 }
 
-static int emit_linear(E *e, const ir_node *x) {
+/* A fused node's value at (r, c), computed in its user's loop. */
+static LLVMValueRef fused_val(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
+  if (x->op == IR_LINEAR) return linear_dot(e, x, r, c);
+  LLVMValueRef vals[2];
+  for (int k = 0; k < x->nargs && k < 2; k++) vals[k] = get(e, x->args[k], r, c);
+  return elem(e, x, vals);
+}
+
+/* Refuses what emit_linear cannot compute; 0 or -1. */
+static int check_linear(E *e, const ir_node *x) {
   if (x->nargs < 2) return efail(e, x, "linear without a weight");
   const ir_node *in = x->args[0], *Wn = x->args[1], *b = x->nargs > 2 ? x->args[2] : NULL;
   if (!in->batch) return efail(e, x, "linear of a parameter tensor");
@@ -705,29 +810,51 @@ static int emit_linear(E *e, const ir_node *x) {
     if (check_operand(e, x, b)) return -1;
     if (b->n != x->n && b->n != 1) return efail(e, x, "bias width %d for %d outputs", b->n, x->n);
   }
+  for (int o = 0; x->idx && o < x->n; o++)
+    if (x->idx[o] < 0 || x->idx[o] > in->n) return efail(e, x, "row prefix out of [0, %d]", in->n);
   if (check_disjoint(e, x)) return -1;
-  LLVMValueRef W = pptr(e, Wn);
-  if (!W) return -1;
+  if (!pptr(e, Wn)) return -1;
+  if (x->idx && !linear_prefix(e, x)) return efail(e, x, "out of memory");
+  return 0;
+}
+
+/* Would BLAS take x's calls of minrows rows or more? (0: never) */
+static int linear_gemm_rows(E *e, const ir_node *x) {
+  const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
+  if (!is_gemm(e, in->n, x->n, in, NULL) || (b && (b->op == IR_CONST || b->n != x->n))) return 0;
+  long size = (long)x->n * in->n;   /* a weight beyond L2: BLAS's streaming wins at any rows */
+  return size >= CG_GEMV_MIN_SIZE ? 1 : CG_GEMM_MIN_ROWS;
+}
+
+/* The BLAS call of x into its buffer: behind a row-count test when join
+** is given (see gemm_call_rows), unconditional otherwise. */
+static int gemm_linear(E *e, const ir_node *x, LLVMBasicBlockRef *join, int minrows) {
+  const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
+  LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, pptr(e, x->args[1]),
+                        b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
+  if (join) {
+    *join = gemm_call_rows(e, "rt_k_gemm", av, 7, minrows);
+    return 0;
+  }
+  LLVMTypeRef pt[7];
+  for (int i = 0; i < 7; i++) pt[i] = LLVMTypeOf(av[i]);
+  LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 7, 0);
+  LLVMBuildCall2(e->B, ty, ext_fn(e, "rt_k_gemm", ty, 0), av, 7, "");
+  return 0;
+}
+
+static int emit_linear(E *e, const ir_node *x) {
+  if (check_linear(e, x)) return -1;
   if (x->n == 0) return 0;
   LLVMBasicBlockRef join = NULL;
-  if (is_gemm(e, in->n, x->n, in, NULL) && (!b || (b->op != IR_CONST && b->n == x->n))) {
-    LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, W,
-                          b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
-    long size = (long)x->n * in->n;   /* a weight beyond L2: BLAS's streaming wins at any rows */
-    join = gemm_call_rows(e, "rt_k_gemm", av, 7, size >= CG_GEMV_MIN_SIZE ? 1 : CG_GEMM_MIN_ROWS);
-  }
-  LLVMValueRef prefix = NULL;
-  if (x->idx) {
-    LLVMValueRef *c = malloc(sizeof *c * (size_t)x->n);
-    if (!c) return efail(e, x, "out of memory");
-    for (int o = 0; o < x->n; o++) c[o] = ci(e, x->idx[o]);
-    int bad = 0;
-    for (int o = 0; o < x->n; o++) bad |= x->idx[o] < 0 || x->idx[o] > in->n;
-    if (!bad) prefix = const_table(e, c, x->n, "prefix");
-    free(c);
-    if (bad) return efail(e, x, "row prefix out of [0, %d]", in->n);
-  }
-  emit_linear_inline(e, x, in, W, b, prefix);
+  int minrows = linear_gemm_rows(e, x);
+  if (minrows) gemm_linear(e, x, &join, minrows);
+  loop R, O;
+  loop_begin(e, &R, e->nrows);
+  loop_begin(e, &O, ci(e, x->n));
+  stf(e, linear_dot(e, x, R.iv, O.iv), dst(e, x, R.iv, O.iv));
+  loop_end(e, &O);
+  loop_end(e, &R);
   gemm_join(e, join);
   return 0;
 }
@@ -1435,6 +1562,29 @@ static void mark_live(const ir_graph *g, char *live) {
   }
 }
 
+/* A node pass_fuse fused into its user: nothing to emit here but its
+** buffer (a linear map's, for BLAS). A linear map that BLAS takes at any
+** row count stays unfused (v->fused stays 0) and is emitted as usual. */
+static int fused_node(E *e, const ir_node *x, nval *v) {
+  if (ir_op_kind(x->op) != IR_KIND_ELEMWISE && x->op != IR_LINEAR)
+    return efail(e, x, "%s cannot be fused", ir_op_name(x->op));
+  if (x->op != IR_LINEAR) {
+    v->fused = 1;
+    return 0;
+  }
+  if (x->offset < 0) return efail(e, x, "fused linear without a buffer");
+  v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile));
+  v->kind = NV_SCRATCH;
+  v->stride = x->n;
+  v->lo = x->offset;
+  v->hi = x->offset + x->n;
+  if (check_linear(e, x)) return -1;
+  int minrows = linear_gemm_rows(e, x);
+  v->fused = minrows != 1;
+  v->gemm = minrows == CG_GEMM_MIN_ROWS;
+  return 0;
+}
+
 /* The train kernel's noise rows: args[5 + 2(P + Q)], row stride = width. */
 static int noise_input(E *e, const ir_node *x, int train, nval *v) {
   if (!train) return efail(e, x, "the noise input (slot 2) outside the train kernel");
@@ -1672,6 +1822,11 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
       v->kind = NV_INPUT;
       continue;
     }
+    if (x->fused && (rc = fused_node(e, x, v))) break;
+    if (v->fused) continue;
+    for (int k = 0; k < x->nargs && ir_op_kind(x->op) != IR_KIND_ELEMWISE; k++)
+      if (x->args[k]->batch && e->v[x->args[k]->id].fused) rc = efail(e, x, "fused into a non-elementwise user");
+    if (rc) break;
     int viewable = x->op == IR_SLICE || x->op == IR_STOPGRAD;
     if (x->offset < 0 || (viewable && view_ok(e, g, i, last))) {
       if (viewable && x->args[0]->batch) { /* a view of its argument */

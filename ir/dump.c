@@ -4,7 +4,8 @@
 **   %3 = linear %0, %1, %2          [B,64]   @128 prep=-
 **
 ** Shapes are [B,n] for batch and [rows,n] for param tensors; "@k" is the
-** scratch offset given by pass_memplan, "#q" the prep index of pass_prep.
+** scratch offset given by pass_memplan, "#q" the prep index of pass_prep,
+** "fused" a node pass_fuse computes inside its user's loop.
 ** Stable across runs: golden tests compare it as text.
 */
 #include "ir.h"
@@ -26,6 +27,13 @@ static void attrs(FILE *f, const ir_node *x, const ir_program *p) {
       fprintf(f, "]");
     }
     if (x->i1) fprintf(f, " inverse");
+    break;
+  case IR_LINEAR:
+    if (x->idx) {
+      fprintf(f, " prefix=[");
+      for (int i = 0; i < x->n; i++) fprintf(f, "%s%d", i ? "," : "", x->idx[i]);
+      fprintf(f, "]");
+    }
     break;
   case IR_D2ACT: fprintf(f, " %s", ir_op_name((ir_op)x->i0)); break;
   case IR_SPECNORM: fprintf(f, " lipschitz=%g", x->f0); break;
@@ -55,6 +63,7 @@ static void dump_node(FILE *f, const ir_node *x, const ir_program *p) {
   else fprintf(f, "  [%d,%d]", x->rows, x->n);
   if (x->offset >= 0) fprintf(f, " @%ld", x->offset);
   if (x->prep >= 0) fprintf(f, " #%d", x->prep);
+  if (x->fused) fprintf(f, " fused");
   fputc('\n', f);
 }
 

@@ -36,6 +36,18 @@ int ir_is_unary(ir_op op) { return op >= IR_RELU && op <= IR_SQUARE; }
 int ir_is_binary(ir_op op) { return op >= IR_ADD && op <= IR_MUL; }
 int ir_is_sink(ir_op op) { return op == IR_ACC_SUM || op == IR_ACC_OUTER; }
 
+ir_kind ir_op_kind(ir_op op) {
+  if (ir_is_unary(op) || ir_is_binary(op) || op == IR_DACT || op == IR_D2ACT)
+    return IR_KIND_ELEMWISE;
+  switch (op) {
+  case IR_SLICE: case IR_CONCAT: case IR_GATHER: case IR_PAD: case IR_BCAST: case IR_STOPGRAD:
+    return IR_KIND_INJECTIVE;
+  case IR_LINEAR: case IR_LINEAR_T: case IR_ROWSUM: case IR_LOGDET:
+    return IR_KIND_REDUCTION;
+  default: return IR_KIND_OPAQUE;
+  }
+}
+
 ir_graph *ir_graph_new(ir_arena *A) {
   ir_graph *g = ir_alloc(A, sizeof *g);
   g->A = A;
@@ -429,6 +441,15 @@ void ir_last_uses(const ir_graph *g, int *last) {
   for (int i = 0; i < N; i++) last[i] = i;
   for (int i = 0; i < N; i++)
     for (int k = 0; k < g->nodes[i]->nargs; k++) last[g->nodes[i]->args[k]->id] = i;
+  for (int i = N - 1; i >= 0; i--) {  /* a fused node: computed where its user is */
+    int u = last[i];
+    if (g->nodes[i]->fused && u < N && g->nodes[u]->fused) last[i] = last[u];
+  }
+  for (int i = 0; i < N; i++)
+    for (int k = 0; k < g->nodes[i]->nargs; k++) {
+      int a = g->nodes[i]->args[k]->id, at = g->nodes[i]->fused ? last[i] : i;
+      if (!g->nodes[a]->fused && last[a] < at) last[a] = at;
+    }
   for (int k = 0; k < g->nouts; k++) last[g->outs[k]->id] = N;
   for (int e = 0; e < N; e++) {       /* loops: what the body reads lives to the end */
     if (g->nodes[e]->op != IR_FIX_END) continue;

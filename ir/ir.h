@@ -144,6 +144,8 @@ struct ir_node {
                              [tile, n]; -1 when it has none */
   int prep;               /* pass_prep: index in the entry's prep program
                              (param-class nodes other than IR_PARAM); -1 */
+  int fused;              /* pass_fuse: computed inside its one user's loop
+                             (an elementwise op), not stored; 0 */
 };
 
 typedef enum ir_entry {
@@ -277,12 +279,22 @@ void ir_renumber(ir_graph *g);        /* ids and use counts from scratch */
 ** last[i] = index of the last node that reads node i (g->nnodes for an
 ** output; i itself when nothing reads it). A node defined before a
 ** fixed-point loop (IR_FIX_BEGIN .. IR_FIX_END) and read inside it lives
-** to the IR_FIX_END, since the body runs again. last has nnodes entries;
+** to the IR_FIX_END, since the body runs again. A node that pass_fuse fused
+** is computed where its user is, so what it reads lives that long too.
+** last has nnodes entries;
 ** the graph must be renumbered. Memory planning and codegen both use it.
 */
 void ir_last_uses(const ir_graph *g, int *last);
 int ir_is_unary(ir_op op);
 int ir_is_sink(ir_op op);
+
+/* What an op's loops look like, for deciding what may fuse: elementwise
+** (result (r, c) from operands at (r, c) or a broadcast of them),
+** injective (each result element copies one operand element), reduction
+** (sums over a row or a dot product per element), opaque (anything else:
+** loops, solvers, sinks). */
+typedef enum ir_kind { IR_KIND_ELEMWISE, IR_KIND_INJECTIVE, IR_KIND_REDUCTION, IR_KIND_OPAQUE } ir_kind;
+ir_kind ir_op_kind(ir_op op);
 int ir_is_binary(ir_op op);
 const char *ir_op_name(ir_op op);
 const char *ir_entry_name(ir_entry e);

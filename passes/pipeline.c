@@ -9,6 +9,7 @@ static const pass_info passes[] = {
   {"fold", pass_fold, 1},
   {"cse", pass_cse, 1},
   {"dce", pass_dce, 1},
+  {"fuse", pass_fuse, 1},
   {"prep", pass_prep, 0},      /* required by codegen */
   {"memplan", pass_memplan, 0},
 };

@@ -200,6 +200,17 @@ Test(cli, dump_ir_and_llvm) {
   int rc = tu_flowc(&out, "dump " EX "moons.flow --ir --after cse");
   cr_assert_eq(rc, 0, "%s", out);
   cr_assert(strstr(out, "entry log_prob") && strstr(out, "linear"), "%s", out);
+  cr_assert_null(strstr(out, "fused"), "fusion runs after cse: %s", out);
+  free(out);
+  /* after fuse: the coupling's epilogue and the hidden layers' products are
+     marked; without it (--disable) nothing is */
+  rc = tu_flowc(&out, "dump " EX "moons.flow --ir --after fuse");
+  cr_assert_eq(rc, 0, "%s", out);
+  cr_assert(strstr(out, "] fused\n") && strstr(out, "linear") , "%s", out);
+  free(out);
+  rc = tu_flowc(&out, "dump " EX "moons.flow --ir --after fuse --disable fuse");
+  cr_assert_eq(rc, 0, "%s", out);
+  cr_assert_null(strstr(out, "fused"), "%s", out);
   free(out);
   rc = tu_flowc(&out, "dump " EX "moons.flow --llvm");
   cr_assert_eq(rc, 0, "%s", out);

@@ -23,13 +23,16 @@ typedef struct compiled {
   rt_model *m;
 } compiled;
 
+/* compile_model's passes to skip (pass_pipeline's `disabled`) */
+static const char *g_disabled;
+
 /* Compiles model (allocated in c->A) with random weights from r. */
 static void compile_model(compiled *c, const ir_model *model, mg_rng *r, int opt, int threads) {
   char err[512];
   c->p = ir_lower(c->A, model, err, sizeof err);
   cr_assert(c->p, "%s", err);
   c->params = mg_params(c->A, r, c->p, 0.7);   /* steep splines amplify float error */
-  cr_assert_eq(pass_pipeline(c->p, opt, NULL, NULL), 0);
+  cr_assert_eq(pass_pipeline(c->p, opt, g_disabled, NULL), 0);
   c->desc = cg_desc_err(c->p, err, sizeof err);
   cr_assert(c->desc, "%s", err);
   c->jit = cg_jit_new(c->p, opt, err, sizeof err);
@@ -134,6 +137,56 @@ Test(jit, each_layer_kind) {
       free(ctx);
       release(&c);
     }
+}
+
+/*
+** Differential: each optional pass alone, and all of them, on models of
+** every layer kind whose hidden layers are wide enough for BLAS (so that
+** fused linear maps take both of their paths: 1 and 7 rows in loops, 150
+** rows through BLAS), against the interpreter.
+*/
+Test(jit, each_pass_alone) {
+  static const ir_layerkind sets[3][4] = {
+    {LAYER_AFFINE_COUPLING, LAYER_SPLINE_COUPLING, LAYER_MAF, LAYER_RESIDUAL},
+    {LAYER_ADDITIVE_COUPLING, LAYER_ACTNORM, LAYER_IAF, LAYER_LINEAR_LU},
+    {LAYER_PERMUTE, LAYER_CNF, LAYER_ACTNORM, LAYER_CNF}};
+  int np;
+  const pass_info *t = pass_table(&np);
+  for (int only = -1; only < np; only++) {
+    if (only >= 0 && t[only].min_opt == 0) continue;
+    char disabled[256] = "";   /* every optional pass but `only` (-1: none) */
+    for (int k = 0; k < np && only >= 0; k++)
+      if (k != only && t[k].min_opt > 0) {
+        strcat(disabled, *disabled ? "," : "");
+        strcat(disabled, t[k].name);
+      }
+    g_disabled = disabled;
+    for (int set = 0; set < 3; set++) {
+      mg_rng r = {(uint64_t)(700 + set)};
+      compiled c;
+      c.A = ir_arena_new();
+      ir_model *m = mg_model(c.A, &r, 4, set == 1 ? 2 : 0, 4, sets[set]);
+      for (int k = 0; k < 4; k++) {
+        ir_layer *L = (ir_layer *)&m->layers[k];
+        int *h = (int *)L->net.hidden;
+        L->net.nhidden = 2;
+        h[0] = h[1] = 72;
+        L->steps = 2;
+        if (L->solver == SOLVER_DOPRI5) L->solver = SOLVER_RK4;
+      }
+      compile_model(&c, m, &r, 2, 2);
+      static const long sizes[] = {1, 7, 150};
+      for (int s = 0; s < 3; s++) {
+        long n = sizes[s];
+        float *x = randf(&r, n * 4, 1.5), *ctx = randf(&r, n * m->context, 1.0);
+        for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, n, x, ctx);
+        free(x);
+        free(ctx);
+      }
+      release(&c);
+    }
+  }
+  g_disabled = NULL;
 }
 
 /* Continuous flows: every solver (dopri5 too) and time embedding, with and

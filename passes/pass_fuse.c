@@ -1,0 +1,52 @@
+/*
+** passes/pass_fuse.c: layer fusion. An elementwise op whose one user is
+** elementwise is computed inside its user's loop instead of into a buffer
+** of its own: chains such as exp(s) * x + t become one loop that reads x, s
+** and t once and writes one result. A linear map whose one user is
+** elementwise is its user's prologue: the dot product of each result
+** element is taken in the user's loop, so bias, activation and the
+** coupling's epilogue cost no pass over memory (codegen still keeps the
+** product's buffer for calls that BLAS takes whole). ir_op_kind decides:
+** only elementwise users absorb, and only elementwise ops and linear maps
+** are absorbed. Nothing fuses across a fixed-point loop's boundary (a
+** value made outside the loop is not recomputed every run) or between
+** tensors of different widths (a broadcast would recompute per column).
+*/
+#include "passes.h"
+
+#include <stdlib.h>
+
+static int absorbable(const ir_node *x) {
+  return x->batch && (ir_op_kind(x->op) == IR_KIND_ELEMWISE ||
+                      (x->op == IR_LINEAR && x->args[0]->batch));
+}
+
+void pass_fuse(ir_graph *g) {
+  ir_renumber(g);
+  int N = g->nnodes;
+  int *user = malloc(((size_t)N + 1) * sizeof *user);
+  int *fixes = malloc(((size_t)N + 1) * sizeof *fixes);   /* loop boundaries up to i */
+  if (!user || !fixes) {   /* fusion is optional: without memory, none */
+    free(user);
+    free(fixes);
+    return;
+  }
+  for (int i = 0, nf = 0; i < N; i++) {
+    ir_node *x = g->nodes[i];
+    x->fused = 0;
+    user[i] = -1;
+    nf += x->op == IR_FIX_BEGIN || x->op == IR_FIX_END;
+    fixes[i] = nf;
+    for (int k = 0; k < x->nargs; k++) user[x->args[k]->id] = i;
+  }
+  for (int i = 0; i < N; i++) {
+    ir_node *x = g->nodes[i];
+    int u = user[i];
+    if (x->uses != 1 || u < 0 || !absorbable(x)) continue;   /* an output has uses > 1 */
+    const ir_node *y = g->nodes[u];
+    if (ir_op_kind(y->op) == IR_KIND_ELEMWISE && y->batch && y->n == x->n && fixes[u] == fixes[i])
+      x->fused = 1;
+  }
+  free(user);
+  free(fixes);
+}
