@@ -130,6 +130,7 @@ typedef struct nval {
   int gemm;               /* fused linear: BLAS takes calls of CG_GEMM_MIN_ROWS rows
                              or more, into its buffer */
   LLVMValueRef prefix;    /* staircase linear: its table of row prefixes, once made */
+  LLVMValueRef prefix4;   /* ... and of the longest prefix of each block of four rows */
 } nval;
 
 enum { NV_NONE, NV_SCRATCH, NV_INPUT, NV_NOISE, NV_VIEW };
@@ -140,6 +141,7 @@ typedef struct E {
   LLVMBuilderRef B;
   LLVMTypeRef f32, i32, i64, ptr, vt;
   LLVMValueRef fn, argp, nrows, scratch, acc, logd;
+  LLVMValueRef acc4[4];   /* float allocas: a linear map's four rows at once */
   LLVMBasicBlockRef entry;
   LLVMValueRef moving, rowbad; /* i64 allocas of IR_FIX_END */
   int *open;              /* ids of the open IR_FIX_BEGINs, innermost last */
@@ -610,7 +612,57 @@ static LLVMValueRef flat_val(E *e, const ir_node *x, LLVMValueRef i) {
   return elem(e, x, vals);
 }
 
+static void linear_dot4(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, LLVMValueRef bmax,
+                        LLVMValueRef *out);
+static LLVMValueRef block_prefix(E *e, const ir_node *x);
+
+/* Elements (r, c..c+3) of x into out, the nodes fused into it computed
+** here: a linear map's four dot products in one loop (linear_dot4). */
+static void tree4(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c, LLVMValueRef *out) {
+  if (x->op == IR_LINEAR) {
+    linear_dot4(e, x, r, c, block_prefix(e, x), out);
+    return;
+  }
+  LLVMValueRef a[2][4];
+  for (int k = 0; k < x->nargs && k < 2; k++) {
+    if (computed_here(e, x->args[k])) tree4(e, x->args[k], r, c, a[k]);
+    else for (int j = 0; j < 4; j++) a[k][j] = get(e, x->args[k], r, iadd(e, c, ci(e, j)));
+  }
+  for (int j = 0; j < 4; j++) {
+    LLVMValueRef v[2] = {a[0][j], x->nargs > 1 ? a[1][j] : NULL};
+    out[j] = elem(e, x, v);
+  }
+}
+
+/* Does a linear map's dot product happen in x's loop? */
+static int inline_linear(E *e, const ir_node *x) {
+  for (int k = 0; k < x->nargs; k++) {
+    const ir_node *a = x->args[k];
+    if (computed_here(e, a) && (a->op == IR_LINEAR || inline_linear(e, a))) return 1;
+  }
+  return 0;
+}
+
 static void elementwise_loops(E *e, const ir_node *x, int flat) {
+  if (!flat && x->n >= 4 && inline_linear(e, x)) {   /* four columns at a time, then the rest */
+    int nb = x->n / 4;
+    loop R, Cb, Cl;
+    loop_begin(e, &R, e->nrows);
+    loop_begin(e, &Cb, ci(e, nb));
+    LLVMValueRef c = imul(e, Cb.iv, ci(e, 4)), v[4];
+    tree4(e, x, R.iv, c, v);
+    for (int j = 0; j < 4; j++) stf(e, v[j], dst(e, x, R.iv, iadd(e, c, ci(e, j))));
+    loop_end(e, &Cb);
+    if (x->n > 4 * nb) {
+      loop_begin(e, &Cl, ci(e, x->n - 4 * nb));
+      LLVMValueRef cc = iadd(e, Cl.iv, ci(e, 4 * nb)), vals[2];
+      for (int k = 0; k < x->nargs && k < 2; k++) vals[k] = get(e, x->args[k], R.iv, cc);
+      stf(e, elem(e, x, vals), dst(e, x, R.iv, cc));
+      loop_end(e, &Cl);
+    }
+    loop_end(e, &R);
+    return;
+  }
   if (flat) {
     loop L;
     loop_begin(e, &L, imul(e, e->nrows, ci(e, x->n)));
@@ -791,6 +843,71 @@ static LLVMValueRef linear_dot(E *e, const ir_node *x, LLVMValueRef r, LLVMValue
   return LLVMBuildLoad2(e->B, e->f32, e->acc, "");
 }
 
+/* Elements (r, o..o+3) of x = in W^T + b into out: four dot products in
+** one loop, which loads each input once for four rows of W (a
+** matrix-vector product is bound by those loads). A staircase's four rows
+** run to the longest of their prefixes (the rest of a row is zero). */
+static void linear_dot4(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, LLVMValueRef bmax,
+                        LLVMValueRef *out) {
+  const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
+  int ni = in->n;
+  LLVMValueRef W = pptr(e, x->args[1]);
+  for (int k = 0; k < 4; k++)
+    LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), iadd(e, o, ci(e, k))) : cf(e, 0), e->acc4[k]);
+  if (ni > 0) {
+    loop I;
+    loop_begin(e, &I, bmax ? table_at(e, bmax, LLVMBuildUDiv(e->B, o, ci(e, 4), "")) : ci(e, ni));
+    LLVMValueRef xv = get(e, in, r, I.iv);
+    for (int k = 0; k < 4; k++) {
+      LLVMValueRef row = imul(e, iadd(e, o, ci(e, k)), ci(e, ni));
+      LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, row, I.iv)));
+      LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->acc4[k], "");
+      LLVMBuildStore(e->B, f_add(e, a, f_mul(e, xv, wv)), e->acc4[k]);
+    }
+    loop_end(e, &I);
+  }
+  for (int k = 0; k < 4; k++) out[k] = LLVMBuildLoad2(e->B, e->f32, e->acc4[k], "");
+}
+
+/* The longest prefix of each block of four rows of a staircase, or NULL. */
+static LLVMValueRef block_prefix(E *e, const ir_node *x) {
+  if (!x->idx || e->v[x->id].prefix4) return e->v[x->id].prefix4;
+  int nb = x->n / 4;
+  LLVMValueRef *c = malloc(sizeof *c * (size_t)(nb + 1));
+  if (!c) return NULL;
+  for (int q = 0; q < nb; q++) {
+    int m = 0;
+    for (int k = 0; k < 4; k++) m = x->idx[4 * q + k] > m ? x->idx[4 * q + k] : m;
+    c[q] = ci(e, m);
+  }
+  e->v[x->id].prefix4 = const_table(e, c, nb, "prefix4");
+  free(c);
+  return e->v[x->id].prefix4;
+}
+
+/* x's rows r of nrows into its buffer: blocks of four rows of W, then the
+** rest one at a time. */
+static void linear_loops(E *e, const ir_node *x) {
+  int nb = x->n / 4;
+  loop R, O;
+  loop_begin(e, &R, e->nrows);
+  if (nb > 0) {
+    LLVMValueRef bmax = block_prefix(e, x);
+    loop_begin(e, &O, ci(e, nb));
+    LLVMValueRef o = imul(e, O.iv, ci(e, 4)), v[4];
+    linear_dot4(e, x, R.iv, o, bmax, v);
+    for (int k = 0; k < 4; k++) stf(e, v[k], dst(e, x, R.iv, iadd(e, o, ci(e, k))));
+    loop_end(e, &O);
+  }
+  if (x->n > 4 * nb) {
+    loop_begin(e, &O, ci(e, x->n - 4 * nb));
+    LLVMValueRef o = iadd(e, O.iv, ci(e, 4 * nb));
+    stf(e, linear_dot(e, x, R.iv, o), dst(e, x, R.iv, o));
+    loop_end(e, &O);
+  }
+  loop_end(e, &R);
+}
+
 /* A fused node's value at (r, c), computed in its user's loop. */
 static LLVMValueRef fused_val(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
   if (x->op == IR_LINEAR) return linear_dot(e, x, r, c);
@@ -849,12 +966,7 @@ static int emit_linear(E *e, const ir_node *x) {
   LLVMBasicBlockRef join = NULL;
   int minrows = linear_gemm_rows(e, x);
   if (minrows) gemm_linear(e, x, &join, minrows);
-  loop R, O;
-  loop_begin(e, &R, e->nrows);
-  loop_begin(e, &O, ci(e, x->n));
-  stf(e, linear_dot(e, x, R.iv, O.iv), dst(e, x, R.iv, O.iv));
-  loop_end(e, &O);
-  loop_end(e, &R);
+  linear_loops(e, x);
   gemm_join(e, join);
   return 0;
 }
@@ -1615,6 +1727,7 @@ static void fn_begin(E *e, int train) {
   e->argp = args;
   e->moving = e->rowbad = NULL;
   e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
+  for (int k = 0; k < 4; k++) e->acc4[k] = LLVMBuildAlloca(e->B, e->f32, "acc4");
   e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
   LLVMValueRef *av = e->av;
   for (int k = 0; k < e->nav; k++) {

@@ -4,9 +4,9 @@
 ** of its own: chains such as exp(s) * x + t become one loop that reads x, s
 ** and t once and writes one result. A linear map whose one user is
 ** elementwise is its user's prologue: the dot product of each result
-** element is taken in the user's loop, so bias, activation and the
-** coupling's epilogue cost no pass over memory (codegen still keeps the
-** product's buffer for calls that BLAS takes whole). ir_op_kind decides:
+** element is taken in the user's loop (four at a time), so bias,
+** activation and the coupling's epilogue cost no pass over memory (codegen
+** still keeps the product's buffer for calls that BLAS takes whole). ir_op_kind decides:
 ** only elementwise users absorb, and only elementwise ops and linear maps
 ** are absorbed. Nothing fuses across a fixed-point loop's boundary (a
 ** value made outside the loop is not recomputed every run) or between
@@ -16,9 +16,17 @@
 
 #include <stdlib.h>
 
+/* A linear map fuses when its dot products are long enough to hide the
+** cost of computing its user four columns at a time, without the
+** vectorised loop across columns an activation has on its own: RealNVP
+** D=2's 1 -> 64 products fused cost 10-15% (batch 256: 180 -> 211 us);
+** D=16's 256 -> 256 ones run as fast either way, in fewer loops. */
+#define FUSE_LINEAR_MIN_IN 64
+
 static int absorbable(const ir_node *x) {
   return x->batch && (ir_op_kind(x->op) == IR_KIND_ELEMWISE ||
-                      (x->op == IR_LINEAR && x->args[0]->batch));
+                      (x->op == IR_LINEAR && x->args[0]->batch &&
+                       x->args[0]->n >= FUSE_LINEAR_MIN_IN));
 }
 
 void pass_fuse(ir_graph *g) {

@@ -479,11 +479,13 @@ Test(codegen, linear_large_gemm) {
   linear_case(64, 64, 0, 2e-5);
 }
 
-/* A staircase linear (MADE's parallel direction) sums row o over its first
-** prefix[o] inputs only. The weight here is nonzero past the prefixes, so
-** the result shows that the loops stop there (the interpreter would refuse
-** it; this 33 x 7 weight never goes to BLAS). */
-static const int stair_len[7] = {0, 1, 5, 33, 12, 2, 33};
+/* A staircase linear (MADE's parallel direction): row o of W is zero past
+** its prefix[o], and the loops may stop there. Rows go four at a time to
+** the longest prefix of the four (rows 0-3 here, to 9), the rest one at a
+** time; W holds NaN wherever no loop should read, so a result shows that
+** the loops stop (the interpreter refuses such a W; this 33 x 7 weight
+** never goes to BLAS). */
+static const int stair_len[7] = {0, 1, 5, 9, 12, 2, 33};
 static void build_stair(ir_graph *g, ir_program *p, int e) {
   (void)e;
   ir_node *x = ir_input(g, 0, 33);
@@ -500,6 +502,9 @@ Test(codegen, linear_staircase) {
   cr_assert(j, "%s", err);
   rt_kernel ks[RT_NENTRY];
   cg_jit_kernels(j, ks);
+  for (int o = 0; o < 7; o++)
+    for (int i = stair_len[o]; i < 33; i++)
+      ((float *)t.params[0])[o * 33 + i] = i < (o < 4 ? 9 : stair_len[o]) ? 0.0f : NAN;
   long n = 40;
   float *in = rand_rows(n * 33, 1), out[40 * 7];
   const float *W = t.params[0], *b = t.params[1];
