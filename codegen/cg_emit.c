@@ -1098,6 +1098,9 @@ static int emit_rowsum(E *e, const ir_node *x) {
   const ir_node *a = x->args[0];
   if (x->n != 1) return efail(e, x, "row sum of width %d", x->n);
   if (check_operand(e, x, a) || check_disjoint(e, x)) return -1;
+  int flat = 1;   /* elementwise ops fused into the sum: checked as theirs */
+  if (computed_here(e, a) && (a->op == IR_LINEAR || check_elementwise(e, a, &e->v[x->id], &flat)))
+    return a->op == IR_LINEAR ? efail(e, x, "a linear map fused into a row sum") : -1;
   loop R, Cl;
   loop_begin(e, &R, e->nrows);
   LLVMBuildStore(e->B, cf(e, 0), e->acc);
@@ -1942,7 +1945,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     }
     if (x->fused && (rc = fused_node(e, x, v))) break;
     if (v->fused) continue;
-    for (int k = 0; k < x->nargs && ir_op_kind(x->op) != IR_KIND_ELEMWISE; k++)
+    for (int k = 0; k < x->nargs && ir_op_kind(x->op) != IR_KIND_ELEMWISE && x->op != IR_ROWSUM; k++)
       if (x->args[k]->batch && e->v[x->args[k]->id].fused) rc = efail(e, x, "fused into a non-elementwise user");
     if (rc) break;
     int viewable = x->op == IR_SLICE || x->op == IR_STOPGRAD;

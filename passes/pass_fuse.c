@@ -9,8 +9,12 @@
 ** still keeps the product's buffer for calls that BLAS takes whole). ir_op_kind decides:
 ** only elementwise users absorb, and only elementwise ops and linear maps
 ** are absorbed. Nothing fuses across a fixed-point loop's boundary (a
-** value made outside the loop is not recomputed every run) or between
-** tensors of different widths (a broadcast would recompute per column).
+** value made outside the loop is not recomputed every run), between
+** tensors of different widths (a broadcast would recompute per column), or
+** past a node with a loop of its own: what the fused node reads would
+** have to live until its user. So a log-det's terms are added as they are
+** made (neg and add fused into each step), into one running sum, rather
+** than all kept to the end.
 */
 #include "passes.h"
 
@@ -47,13 +51,20 @@ void pass_fuse(ir_graph *g) {
     fixes[i] = nf;
     for (int k = 0; k < x->nargs; k++) user[x->args[k]->id] = i;
   }
-  for (int i = 0; i < N; i++) {
+  /* backwards, so that what lies between a node and its user is decided */
+  for (int i = N - 1; i >= 0; i--) {
     ir_node *x = g->nodes[i];
     int u = user[i];
     if (x->uses != 1 || u < 0 || !absorbable(x)) continue;   /* an output has uses > 1 */
     const ir_node *y = g->nodes[u];
-    if (ir_op_kind(y->op) == IR_KIND_ELEMWISE && y->batch && y->n == x->n && fixes[u] == fixes[i])
-      x->fused = 1;
+    int sum = y->op == IR_ROWSUM && x->op != IR_LINEAR;   /* a row sum of an elementwise op */
+    if (!y->batch || fixes[u] != fixes[i] ||
+        !(sum || (ir_op_kind(y->op) == IR_KIND_ELEMWISE && y->n == x->n)))
+      continue;
+    int near = 1;
+    for (int k = i + 1; k < u && near; k++)
+      near = !g->nodes[k]->batch || g->nodes[k]->fused;
+    x->fused = near;
   }
   free(user);
   free(fixes);
