@@ -350,8 +350,8 @@ static void eval(const ir_node *x, val *V, long B) {
     for (long r = 0; r < R; r++)
       for (long i = 0; i < n; i++) {
         long p = x->idx ? x->idx[i] : (long)b->v[i];
-        if (x->i1) o->v[r * n + p] = a->v[r * n + i];
-        else o->v[r * n + i] = a->v[r * n + p];
+        if (x->i1) o->v[r * n + p] = a->v[r * a->n + i];
+        else o->v[r * n + i] = a->v[r * a->n + p];
       }
     break;
   case IR_RQS: {

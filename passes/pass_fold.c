@@ -1,6 +1,6 @@
 /*
 ** passes/pass_fold.c: constant folding. Arithmetic on constants becomes a
-** constant; x + 0, x - 0, x * 1 become x. Parameter-only arithmetic is not
+** constant; x + 0, x - 0, x * 1 and the row sum of one column become x. Parameter-only arithmetic is not
 ** folded here: it is the prep program, evaluated once at load time.
 */
 #include "passes.h"
@@ -37,6 +37,8 @@ static ir_node *fold(ir_node *x) {
   } else if (ir_is_binary(x->op) && a->batch == x->batch && a->rows == x->rows && a->n == x->n &&
              (x->op == IR_MUL ? is_const(b, 1) : is_const(b, 0))) {
     return a;
+  } else if (x->op == IR_ROWSUM && a->n == 1 && (a->batch || a->rows == 1)) {
+    return a;   /* the sum of one column */
   }
   return x;
 }
