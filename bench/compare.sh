@@ -28,6 +28,11 @@
 # configuration is shown. PyTorch "compile" is the time of torch.jit.script of the log_prob
 # module. Median of repeated calls after warm-up (bench/torch_compare.py).
 #
+# The pi0 head: bench/pi0_bench.sh with SAMPLE_ONLY=1 (its own check that
+# PyTorch decodes as flowc does, then batch-1 sampling: the built .so and
+# flowc bench against eager and TorchScript at 1 and 2 threads; its compile
+# time is flowc bench's, of the sample kernel).
+#
 # Peak: OpenBLAS sgemm GFLOP/s (bench/sgemm_peak.c, built here) at 1 and
 # NPROC threads for 1024^3 and the models' hidden-layer shapes at batch
 # 65536; the large-batch rows show the fraction of the best of these figures
@@ -146,9 +151,19 @@ for m in realnvp2:2 realnvp16:16; do
   OMP_NUM_THREADS=1 "$PY" bench/torch_compare.py script-time -w "$W" --name "$name" >> "$T/script.jsonl"
 done
 
-# ---- table ---------------------------------------------------------------
+# ---- the pi0 head: bench/pi0_bench.sh's check and sampling latency ---------
 PI0=none
-[ -f examples/pi0_head.flow ] && PI0=exists
+if [ -f examples/pi0_head.flow ]; then
+  echo "compare: pi0 head (bench/pi0_bench.sh, sampling only)" >&2
+  if FLOWC=$F PYTHON=$PY SAMPLE_ONLY=1 sh bench/pi0_bench.sh > "$T/pi0.txt" 2>&1; then
+    PI0=$T/pi0.txt
+  else
+    tail -n 5 "$T/pi0.txt" >&2
+    echo "compare: bench/pi0_bench.sh failed; its row is left out" >&2
+  fi
+fi
+
+# ---- table ---------------------------------------------------------------
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 "$PY" bench/torch_compare.py report --dir "$T" --nproc "$NPROC" --pi0 "$PI0" \
   --load "$LOAD0" "$LOAD1" --seconds $(($(date +%s) - START))

@@ -39,7 +39,9 @@
 # Environment: FLOWC (default build/flowc, built if the build folder
 # exists), PYTHON (default /usr/bin/python3, with torch and numpy), MODEL
 # (pi0_head), CC (cc), TSTEPS (30), TBATCH (256), NTRAIN (4096), TIME_DIST
-# (beta(1.5,1)), BENCH_OP_TRAIN (1). A few minutes on two cores.
+# (beta(1.5,1)), BENCH_OP_TRAIN (1), SAMPLE_ONLY (0; 1: the check and the
+# sampling latency only, as bench/compare.sh runs it). A few minutes on two
+# cores.
 set -eu
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -50,6 +52,7 @@ TBATCH=${TBATCH:-256}
 NTRAIN=${NTRAIN:-4096}
 TIME_DIST=${TIME_DIST:-beta(1.5,1)}
 BENCH_OP_TRAIN=${BENCH_OP_TRAIN:-1}
+SAMPLE_ONLY=${SAMPLE_ONLY:-0}
 M=examples/pi0_head.flow
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
@@ -129,14 +132,17 @@ fi
 sed -n "s/^so decode batch 1: \([0-9.]*\) us per call (min [0-9.]*, \([0-9]*\) calls).*/so $(nproc) \1 \2/p" \
   "$T/so.txt" >> "$T/flowc.txt"
 for t in 1 2; do
-  "$F" bench $M --model "$MODEL" -w "$T/w.safetensors" --batch 1 --op sample --threads "$t" |
-    sed -n "s/.* batch 1: \([0-9.e+-]*\) samples\/s, \([0-9.e+-]*\) us per call.*/bench $t \1 \2/p" \
-    >> "$T/flowc.txt"
+  "$F" bench $M --model "$MODEL" -w "$T/w.safetensors" --batch 1 --op sample --threads "$t" \
+    > "$T/bench$t.txt"
+  sed -n "s/.* batch 1: \([0-9.e+-]*\) samples\/s, \([0-9.e+-]*\) us per call.*/bench $t \1 \2/p" \
+    "$T/bench$t.txt" >> "$T/flowc.txt"
+  sed -n "s/.*(compile \([0-9.]*\) ms).*/compile $t \1/p" "$T/bench$t.txt" >> "$T/flowc.txt"
 done
 
 # ---- training throughput ----
-"$F" toy reach -n "$NTRAIN" --seed 1 -o "$T/train.npy" --context-out "$T/train_ctx.npy"
-for t in 1 2; do
+[ "$SAMPLE_ONLY" = 1 ] && TRAIN_THREADS= || TRAIN_THREADS="1 2"
+[ "$SAMPLE_ONLY" = 1 ] || "$F" toy reach -n "$NTRAIN" --seed 1 -o "$T/train.npy" --context-out "$T/train_ctx.npy"
+for t in $TRAIN_THREADS; do
   if "$F" train $M --model "$MODEL" --objective fm --time-dist "$TIME_DIST" --data "$T/train.npy" \
       --context "$T/train_ctx.npy" --valid "$T/x_reach.npy" --valid-context "$T/c.npy" \
       --steps "$TSTEPS" --batch "$TBATCH" --lr 1e-3 --seed 0 --eval-every "$TSTEPS" \
@@ -169,7 +175,9 @@ echo "raw flowc figures (kind threads value...):"
 sed 's/^/  /' "$T/flowc.txt"
 echo
 if [ "$have_torch" = 1 ]; then
-  "$PY" bench/torch_pi0.py table "$T/flowc.txt" "$T"/torch_run_*.json "$T"/torch_train_*.json
+  set -- "$T"/torch_run_*.json
+  for j in "$T"/torch_train_*.json; do [ -f "$j" ] && set -- "$@" "$j"; done
+  "$PY" bench/torch_pi0.py table "$T/flowc.txt" "$@"
 else
   "$PY" bench/torch_pi0.py table "$T/flowc.txt"
 fi

@@ -499,13 +499,30 @@ def cmd_report(a):
             rows.append(("compile D=%d with training kernels" % D,
                          "%.0f ms (median of %d)" % (compt[len(compt) // 2], len(compt)),
                          "n/a", "-", "-", "-", ""))
-    if a.pi0 == "exists":
-        rows.append(("pi0 head 10-step sampling, batch 1",
-                     "TODO: examples/pi0_head.flow exists; not wired into bench/compare.sh yet "
-                     "(its weights and PyTorch cnf formulation are not guessed here)", "", "", "", "", ""))
+    if a.pi0 != "none":   # bench/pi0_bench.sh's output (SAMPLE_ONLY=1)
+        best = comp = None
+        for line in open(a.pi0):
+            m = re.match(r"best flowc ([0-9.]+) us \((.*)\), best PyTorch ([0-9.]+) us \((.*)\):", line)
+            if m:
+                best = m.groups()
+            m = re.match(r"flowc compile \(sample kernel\): median ([0-9.]+) ms", line)
+            if m:
+                comp = float(m.group(1))
+        if best:
+            f_us, f_cfg, t_us, t_cfg = float(best[0]), best[1], float(best[2]), best[3]
+            r = t_us / f_us
+            rows.append(("pi0 head 10-step sampling, batch 1", "%.0f (%s)" % (f_us, f_cfg),
+                         "%.0f (%s)" % (t_us, t_cfg), "%.2fx" % r, ">= 5x",
+                         "yes" if r >= 5 else "NO", ""))
+        else:
+            rows.append(("pi0 head 10-step sampling, batch 1", "n/a (pi0_bench.sh printed no result)",
+                         "", "", "", "", ""))
+        if comp is not None:
+            rows.append(("compile pi0 head (sample)", "%.0f ms (median)" % comp, "n/a", "-",
+                         "< 1 s", "yes" if comp < 1000 else "NO", ""))
     else:
-        rows.append(("pi0 head 10-step sampling, batch 1", "n/a (cnf not implemented yet)",
-                     "n/a", "-", "-", "-", ""))
+        rows.append(("pi0 head 10-step sampling, batch 1", "n/a (examples/pi0_head.flow missing "
+                     "or bench/pi0_bench.sh failed)", "", "", "", "", ""))
 
     head = ("case", "flowc us/call (threads)", "PyTorch us/call (best config)",
             "flowc speedup", "target", "met", "% sgemm peak flowc / torch")

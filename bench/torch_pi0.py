@@ -480,8 +480,9 @@ def cmd_table(argv):
       bench THREADS SAMPLES_PER_S US      flowc bench --op sample --batch 1
       train THREADS SAMPLES_PER_S         flowc train --objective fm
       benchtrain THREADS SAMPLES_PER_S    flowc bench --op train (if it ran)
+      compile THREADS MS                  flowc bench's compile time of the sample kernel
     """
-    fl = {"so": [], "bench": [], "train": [], "benchtrain": []}
+    fl = {"so": [], "bench": [], "train": [], "benchtrain": [], "compile": []}
     for line in open(argv[0]):
         f = line.split()
         if len(f) >= 3 and f[0] in fl:
@@ -510,6 +511,11 @@ def cmd_table(argv):
               % (best_f[1], best_f[0], best_t[1], best_t[0],
                  best_t[1] / best_f[1] if best_t[1] >= best_f[1] else best_f[1] / best_t[1],
                  "faster" if best_t[1] >= best_f[1] else "slower"))
+    if fl["compile"]:
+        ms = sorted(v for _, v in fl["compile"])
+        print("flowc compile (sample kernel): median %.1f ms of %d" % (ms[len(ms) // 2], len(ms)))
+    if not fl["train"] and not fl["benchtrain"]:
+        return 0
     print()
     print("Flow-matching training throughput (samples/s, higher is better):")
     tr = [("flowc train --objective fm, %s" % th(int(t)), sps) for t, sps in fl["train"]]
