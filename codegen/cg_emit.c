@@ -89,14 +89,15 @@ const cg_extern_sym *cg_extern_syms(int *n) {
 
 /* ---- tile ---- */
 
-/* Rows per kernel call: 64, halved while a tile's scratch exceeds 2 MB
-** (about L2 + a share of L3 here). Not 512 KB: wide training graphs then
-** ran 4-row tiles, below the size where their products go to BLAS
-** (RealNVP D=16, 256x2: a training step 60 ms -> 29 ms). A graph with a
-** weight of 512 x 512 or more starts at 128 rows within 16 MB: OpenBLAS
-** repacks the weight for every call, and more rows a call amortise it
-** (pi0's head, flow-matching training at batch 256, 2 threads: 2400 -> 3100
-** samples/s; 256-row tiles would leave one thread idle at that batch). */
+/* Rows per kernel call at most: 128, halved while a tile's scratch exceeds
+** 2 MB (about L2 + a share of L3 here). Not 512 KB: wide training graphs
+** then ran 4-row tiles, below the size where their products go to BLAS
+** (RealNVP D=16, 256x2: a training step 60 ms -> 29 ms). 128 rather than
+** 64: OpenBLAS repacks a weight for every call, and more rows a call
+** amortise it (RealNVP D=2 and D=16 log_prob at batch 65536: 42 -> 39 and
+** 575 -> 519 ms; pi0's flow-matching training at batch 256: 2400 -> 3100
+** samples/s). A graph with a weight of 512 x 512 or more may use 16 MB.
+** The runtime calls smaller tiles for small batches (rt_model.c). */
 int cg_tile(const ir_program *p) {
   long s = 1;
   for (int e = 0; e < IR_NENTRY; e++)
@@ -110,7 +111,7 @@ int cg_tile(const ir_program *p) {
       big = x->batch && x->op == IR_LINEAR && (long)x->args[1]->rows * x->args[1]->n >= CG_GEMV_MIN_SIZE;
     }
   }
-  int tile = big ? 128 : 64;
+  int tile = 128;
   long lim = big ? 16384L * 1024 : 2048L * 1024;
   while (tile > 1 && (long)tile * s * (long)sizeof(float) > lim) tile /= 2;
   return tile;

@@ -292,7 +292,18 @@ typedef struct job {
   int sample;                 /* in = normals of seed; out1 = log_prob */
   uint64_t seed;
   _Atomic uint64_t *fail;     /* run's: the lowest tile's kernel failure */
+  size_t T;                   /* rows per call (call_rows) */
 } job;
+
+/* Rows per kernel call for a batch of n: the compiled tile, halved (not
+** below 16) while the batch is under two of them, so that a mid-sized
+** batch still spreads over the pool. A function of n and the descriptor
+** only: results never depend on the thread count. */
+static size_t call_rows(const rt_desc *d, size_t n) {
+  size_t T = (size_t)d->tile;
+  while (T >= 32 && n < 2 * T) T /= 2;
+  return T;
+}
 
 static void run_tile(void *arg, int tid, long item) {
   const job *j = arg;
@@ -300,7 +311,7 @@ static void run_tile(void *arg, int tid, long item) {
   const rt_desc *d = m->d;
   const rt_entry_desc *en = &d->entry[j->entry];
   rt_tls *b = &m->tls[tid];
-  size_t T = (size_t)d->tile, row0 = (size_t)item * T, D = (size_t)d->dim;
+  size_t T = j->T, row0 = (size_t)item * T, D = (size_t)d->dim;
   size_t C = (size_t)d->context;
   size_t nr = j->n - row0 < T ? j->n - row0 : T;
   const float *in = j->in ? j->in + row0 * D : b->zbuf;
@@ -356,7 +367,7 @@ static int run(job *j) {
     return RT_EINVAL;
   }
   if (j->n > SIZE_MAX / 64 / (size_t)d->dim) return RT_EINVAL;
-  size_t T = (size_t)d->tile;
+  size_t T = j->T = call_rows(d, j->n);
   _Atomic uint64_t fail = 0;
   j->fail = &fail;
   long ntiles = (long)((j->n + T - 1) / T);
@@ -388,7 +399,7 @@ int rt_model_encode(rt_model *m, size_t n, const float *x, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !z) return RT_EINVAL;
-  job j = { m, logdet ? RT_ENCODE_LD : RT_ENCODE, n, x, ctx, ctx_rows, z, logdet, 0, 0, NULL };
+  job j = { m, logdet ? RT_ENCODE_LD : RT_ENCODE, n, x, ctx, ctx_rows, z, logdet, 0, 0, NULL, 0 };
   return run(&j);
 }
 
@@ -397,7 +408,7 @@ int rt_model_decode(rt_model *m, size_t n, const float *z, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !z) return RT_EINVAL;
-  job j = { m, logdet ? RT_DECODE_LD : RT_DECODE, n, z, ctx, ctx_rows, x, logdet, 0, 0, NULL };
+  job j = { m, logdet ? RT_DECODE_LD : RT_DECODE, n, z, ctx, ctx_rows, x, logdet, 0, 0, NULL, 0 };
   return run(&j);
 }
 
@@ -406,7 +417,7 @@ int rt_model_log_prob(rt_model *m, size_t n, const float *x, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x || !log_prob) return RT_EINVAL;
-  job j = { m, RT_LOGPROB, n, x, ctx, ctx_rows, log_prob, NULL, 0, 0, NULL };
+  job j = { m, RT_LOGPROB, n, x, ctx, ctx_rows, log_prob, NULL, 0, 0, NULL, 0 };
   return run(&j);
 }
 
@@ -415,6 +426,6 @@ int rt_model_sample(rt_model *m, size_t n, uint64_t seed, const float *ctx,
   if (!m) return RT_EINVAL;
   if (n == 0) return RT_OK;
   if (!x) return RT_EINVAL;
-  job j = { m, log_prob ? RT_DECODE_LD : RT_DECODE, n, NULL, ctx, ctx_rows, x, log_prob, 1, seed, NULL };
+  job j = { m, log_prob ? RT_DECODE_LD : RT_DECODE, n, NULL, ctx, ctx_rows, x, log_prob, 1, seed, NULL, 0 };
   return run(&j);
 }

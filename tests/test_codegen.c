@@ -578,7 +578,7 @@ Test(codegen, descriptor) {
   cr_assert_eq(d->dim, 4);
   cr_assert_eq(d->context, 2);
   cr_assert_eq(d->tile, cg_tile(t.p));
-  cr_assert(d->tile >= 1 && d->tile <= 64);
+  cr_assert(d->tile >= 1 && d->tile <= 128);
   cr_assert_eq(d->nparams, 6);
   cr_assert_str_eq(d->params[0].name, "flow.0.net.0.weight");
   cr_assert_eq(d->params[0].ndim, 2);
