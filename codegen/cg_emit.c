@@ -650,7 +650,7 @@ static int inline_linear(E *e, const ir_node *x) {
 }
 
 static void elementwise_loops(E *e, const ir_node *x, int flat) {
-  if (!flat && x->n >= 4 && inline_linear(e, x)) {   /* four columns at a time, then the rest */
+  if (!flat && x->n >= CG_RB && inline_linear(e, x)) {   /* four columns at a time, then the rest */
     int nb = x->n / CG_RB;
     loop R, Cb, Cl;
     loop_begin(e, &R, e->nrows);
