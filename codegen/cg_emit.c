@@ -21,13 +21,17 @@
 ** (a converged row keeps its y, so the body gives it the same ynew again),
 ** which makes a row's result independent of the rows beside it. A row still
 ** moving after i0 runs of the body makes the kernel return 1 + i1.**
-** A graph of more than CG_SEG_NODES loop-emitting nodes is cut into
-** segments: internal noinline functions of the kernel's signature, each
-** re-loading args and rebuilding the pointers of the values it reads (see
-** cut), called in order by the kernel, which returns the first nonzero
-** status. Cuts fall only outside fixed-point loops. LLVM's loop analyses
-** cost about the square of the loops in one function; small graphs stay one
-** function.
+** Units: where a run of nodes repeats back to back (a flow's repeated
+** layers, a solver's steps; plan_cuts), and after every CG_SEG_NODES loop
+** nests, the kernel is cut: the nodes that follow go into an internal
+** noinline function i32 (ptr args, i64 nrows, ptr tab), called in order
+** by the kernel, which returns the first nonzero status. A unit reads every
+** pointer (args[k], a node's buffer) from its table, which the kernel fills
+** before the call (vptr), so repetitions that differ only in weights and
+** buffers are the same code, and only the first is kept (unit_close):
+** RealNVP's eight couplings compile as about three. Cuts fall only outside
+** fixed-point loops; LLVM's loop analyses also cost about the square of
+** the loops in one function, which the cuts bound.
 */
 #define _GNU_SOURCE
 #include "cg_internal.h"
@@ -124,19 +128,31 @@ int cg_tile(const ir_program *p) {
 ** same. Comments below say "four". */
 #define CG_RB 4
 
+/* An entry of a unit's pointer table: args[k], or node k's buffer. */
+typedef struct cg_slot { int node, k; } cg_slot;
+
+/* The unit functions made so far in the module, by their text. */
+typedef struct cg_units {
+  char **text;
+  LLVMValueRef *fn;
+  int n, cap;
+} cg_units;
+
 typedef struct nval {
   LLVMValueRef ptr;       /* float* of row 0, column 0 */
   long stride;            /* floats between rows */
   long lo, hi;            /* scratch range in offset units, lo < 0: none */
   LLVMBasicBlockRef head; /* IR_FIX_BEGIN: its loop head, NULL once closed */
   LLVMValueRef iter;      /* IR_FIX_BEGIN: i64 alloca, body runs so far */
-  int kind;               /* where ptr comes from (NV_*), to rebuild it in a new segment */
+  int kind;               /* where ptr comes from (NV_*), to make it in another function (kptr) */
   int src, col;           /* NV_VIEW: the viewed node and the first column */
   int fused;              /* computed inside its user's loop (pass_fuse) */
   int gemm;               /* fused linear: BLAS takes calls of CG_GEMM_MIN_ROWS rows
                              or more, into its buffer */
   LLVMValueRef prefix;    /* staircase linear: its table of row prefixes, once made */
   LLVMValueRef prefixb;   /* ... and of the longest prefix of each block of four rows */
+  int fn;                 /* the function ptr is valid in (E.fnid; see vptr), or 0 */
+  LLVMValueRef kp;        /* the same pointer in the kernel, once made there */
 } nval;
 
 enum { NV_NONE, NV_SCRATCH, NV_INPUT, NV_NOISE, NV_VIEW };
@@ -146,7 +162,7 @@ typedef struct E {
   LLVMModuleRef M;
   LLVMBuilderRef B;
   LLVMTypeRef f32, i32, i64, ptr, vt;
-  LLVMValueRef fn, argp, nrows, scratch, acc, logd;
+  LLVMValueRef fn, nrows, acc, logd;
   LLVMValueRef accb[CG_RB];   /* float allocas: a linear map's four rows at once */
   LLVMBasicBlockRef entry;
   LLVMValueRef moving, rowbad; /* i64 allocas of IR_FIX_END */
@@ -154,16 +170,21 @@ typedef struct E {
   int tmpn;               /* floats of e->tmp (0: none) */
   int nopen;
   LLVMValueRef tmp;       /* float[tmpn] on the stack: a sink's partial sums */
-  LLVMValueRef *pargs;    /* P parameter pointers */
-  LLVMValueRef *qargs;    /* Q prep pointers */
-  LLVMValueRef *gargs;    /* P + Q gradient slots (train kernel), or NULL */
-  LLVMValueRef io[4];
-  LLVMValueRef *av;       /* the current function's loads of args[k] */
+  int train;               /* the gradient kernel: args[] has its gradient slots */
+  LLVMValueRef *av;       /* the current function's loads of args[k] (A_*), made on first use */
+  LLVMValueRef *kav, *uav;/* the kernel's, and the current unit's */
   int nav;
-  /* segments: the kernel function, where its next segment call goes */
+  /* units: the kernel function, where its next unit call goes */
   LLVMValueRef kfn;
   LLVMBuilderRef KB;      /* NULL until the first cut */
+  LLVMBuilderRef EB;      /* inserts into an entry block */
   int nseg;
+  int fnid;               /* the current function's number, from 1 in each kernel (a
+                             deleted unit's address may be reused) */
+  LLVMValueRef tab;       /* the unit's pointer table (its third parameter); NULL in the kernel */
+  cg_slot *slots;         /* what each of the unit's table entries holds */
+  int nslot, capslot;
+  cg_units units;         /* the module's distinct unit functions */
   const ir_program *p;
   const ir_graph *g;
   int tile, P, Q;
@@ -209,6 +230,88 @@ static LLVMValueRef imul(E *e, LLVMValueRef a, LLVMValueRef b) {
 static LLVMValueRef gepf(E *e, LLVMValueRef base, LLVMValueRef idx) {
   return LLVMBuildInBoundsGEP2(e->B, e->f32, base, &idx, 1, "");
 }
+/* ---- pointers: args[k], node buffers, units ----
+**
+** Every pointer a function uses is made in its entry block on first use
+** (so it dominates all uses): args[k] is loaded from the kernel's args,
+** a node's buffer is scratch plus its offset. A unit (see cut) loads them
+** instead from its table, entries numbered in order of first use, which
+** the kernel fills before the call: two units that do the same work on
+** other buffers and weights are then the same text, and one is kept
+** (unit_close). */
+
+/* args[] of the kernel ABI (rt.h): in, cond, out0, out1, the P parameters,
+** the Q prep results, scratch; in the gradient kernel then P + Q gradient
+** slots and the noise rows. */
+static int a_param(int i) { return 4 + i; }
+static int a_prep(const E *e, int j) { return 4 + e->P + j; }
+static int a_scratch(const E *e) { return 4 + e->P + e->Q; }
+static int a_grad(const E *e, int s) { return 5 + e->P + e->Q + s; }
+static int a_noise(const E *e) { return 5 + 2 * (e->P + e->Q); }
+
+/* e->EB before the branch that ends fn's entry block. */
+static LLVMBuilderRef at_entry(E *e, LLVMValueRef fn) {
+  LLVMBasicBlockRef b = LLVMGetEntryBasicBlock(fn);
+  LLVMPositionBuilderBefore(e->EB, LLVMGetBasicBlockTerminator(b));
+  return e->EB;
+}
+
+static LLVMValueRef load_ptr(E *e, LLVMBuilderRef b, LLVMValueRef base, int k) {
+  LLVMValueRef i = ci(e, k);
+  LLVMValueRef v = LLVMBuildLoad2(b, e->ptr, LLVMBuildInBoundsGEP2(b, e->ptr, base, &i, 1, ""), "");
+  LLVMSetAlignment(v, 8);
+  return v;
+}
+
+/* The unit's next table entry (room for it was made in emit_kernel). */
+static LLVMValueRef slot_load(E *e, int node, int k) {
+  e->slots[e->nslot] = (cg_slot){node, k};
+  return load_ptr(e, at_entry(e, e->fn), e->tab, e->nslot++);
+}
+
+/* args[k] in the current function, and in the kernel. */
+static LLVMValueRef argv(E *e, int k) {
+  if (!e->av[k])
+    e->av[k] = e->tab ? slot_load(e, -1, k)
+                      : load_ptr(e, at_entry(e, e->fn), LLVMGetParam(e->fn, 0), k);
+  return e->av[k];
+}
+static LLVMValueRef kargv(E *e, int k) {
+  if (!e->kav[k]) e->kav[k] = load_ptr(e, at_entry(e, e->kfn), LLVMGetParam(e->kfn, 0), k);
+  return e->kav[k];
+}
+
+/* Node id's buffer in the kernel, from where it lives (v->kind). */
+static LLVMValueRef kptr(E *e, int id) {
+  nval *v = &e->v[id];
+  if (v->kp) return v->kp;
+  const ir_node *x = e->g->nodes[id];
+  LLVMValueRef base = NULL;
+  long off = 0;
+  switch (v->kind) {
+  case NV_SCRATCH: base = kargv(e, a_scratch(e)), off = x->offset * (long)e->tile; break;
+  case NV_INPUT: base = kargv(e, x->i0); break;
+  case NV_NOISE: base = kargv(e, a_noise(e)); break;
+  case NV_VIEW: base = kptr(e, v->src), off = v->col; break;
+  default: return NULL;
+  }
+  if (off) {
+    LLVMValueRef i = ci(e, off);
+    base = LLVMBuildInBoundsGEP2(at_entry(e, e->kfn), e->f32, base, &i, 1, "");
+  }
+  return v->kp = base;
+}
+
+/* Node id's buffer in the current function. */
+static LLVMValueRef vptr(E *e, int id) {
+  nval *v = &e->v[id];
+  if (v->fn != e->fnid) {
+    v->ptr = e->tab ? slot_load(e, id, 0) : kptr(e, id);
+    v->fn = e->fnid;
+  }
+  return v->ptr;
+}
+
 /* A distinct node !{self, ops...} (loop ids, alias domains and scopes). */
 static LLVMMetadataRef self_md(E *e, LLVMMetadataRef *ops, int n) {
   LLVMMetadataRef all[4];
@@ -512,13 +615,13 @@ static LLVMValueRef pptr(E *e, const ir_node *x) {
       efail(e, x, "parameter index %d out of range", x->i0);
       return NULL;
     }
-    return e->pargs[x->i0];
+    return argv(e, a_param(x->i0));
   }
   if (x->prep < 0 || x->prep >= e->Q) {
     efail(e, x, "parameter-only node without a prep slot (prep %d of %d)", x->prep, e->Q);
     return NULL;
   }
-  return e->qargs[x->prep];
+  return argv(e, a_prep(e, x->prep));
 }
 
 static int is_f32_param(E *e, const ir_node *x) {
@@ -552,12 +655,12 @@ static LLVMValueRef get(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) 
   if (x->n == 1) c = ci(e, 0);
   if (!x->batch) return ldf(e, gepf(e, pptr(e, x), c));
   nval *v = &e->v[x->id];
-  return ldf(e, gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), c)));
+  return ldf(e, gepf(e, vptr(e, x->id), iadd(e, imul(e, r, ci(e, v->stride)), c)));
 }
 
 static LLVMValueRef dst(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef c) {
   nval *v = &e->v[x->id];
-  return gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), c));
+  return gepf(e, vptr(e, x->id), iadd(e, imul(e, r, ci(e, v->stride)), c));
 }
 
 static int overlaps(const nval *a, const nval *b) {
@@ -612,7 +715,7 @@ static LLVMValueRef flat_val(E *e, const ir_node *x, LLVMValueRef i) {
   for (int k = 0; k < x->nargs && k < 2; k++) {
     const ir_node *a = x->args[k];
     if (computed_here(e, a)) vals[k] = flat_val(e, a, i);
-    else if (a->batch) vals[k] = ldf(e, gepf(e, e->v[a->id].ptr, i));
+    else if (a->batch) vals[k] = ldf(e, gepf(e, vptr(e, a->id), i));
     else vals[k] = get(e, a, ci(e, 0), ci(e, 0));
   }
   return elem(e, x, vals);
@@ -672,7 +775,7 @@ static void elementwise_loops(E *e, const ir_node *x, int flat) {
   if (flat) {
     loop L;
     loop_begin(e, &L, imul(e, e->nrows, ci(e, x->n)));
-    stf(e, flat_val(e, x, L.iv), gepf(e, e->v[x->id].ptr, L.iv));
+    stf(e, flat_val(e, x, L.iv), gepf(e, vptr(e, x->id), L.iv));
     loop_end(e, &L);
     return;
   }
@@ -790,9 +893,14 @@ static void gemm_join(E *e, LLVMBasicBlockRef join) {
   LLVMPositionBuilderAtEnd(e->B, join);
 }
 
-/* A private constant i64 array of the n values c (a node's index table). */
+/* A private constant i64 array of the n values c (a node's index table),
+** shared by all the tables of those values. */
 static LLVMValueRef const_table(E *e, LLVMValueRef *c, int n, const char *name) {
   LLVMValueRef init = LLVMConstArray2(e->i64, c, (uint64_t)n);
+  /* one global per table (constants are uniqued): units that differ
+     only in which copy they read would not be merged */
+  for (LLVMValueRef g = LLVMGetFirstGlobal(e->M); g; g = LLVMGetNextGlobal(g))
+    if (LLVMIsGlobalConstant(g) && LLVMGetInitializer(g) == init) return g;
   LLVMValueRef t = LLVMAddGlobal(e->M, LLVMTypeOf(init), name);
   LLVMSetInitializer(t, init);
   LLVMSetGlobalConstant(t, 1);
@@ -953,8 +1061,8 @@ static int linear_gemm_rows(E *e, const ir_node *x) {
 ** is given (see gemm_call_rows), unconditional otherwise. */
 static int gemm_linear(E *e, const ir_node *x, LLVMBasicBlockRef *join, int minrows) {
   const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
-  LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), e->v[in->id].ptr, pptr(e, x->args[1]),
-                        b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), e->v[x->id].ptr};
+  LLVMValueRef av[7] = {e->nrows, ci(e, x->n), ci(e, in->n), vptr(e, in->id), pptr(e, x->args[1]),
+                        b ? pptr(e, b) : LLVMConstPointerNull(e->ptr), vptr(e, x->id)};
   if (join) {
     *join = gemm_call_rows(e, "rt_k_gemm", av, 7, minrows);
     return 0;
@@ -1067,7 +1175,7 @@ static int emit_gather(E *e, const ir_node *x) {
 /* The hw raw spline parameters of value (r, c) in row r of h. */
 static LLVMValueRef spline_h(E *e, const ir_node *h, LLVMValueRef r, LLVMValueRef c, int hw) {
   nval *v = &e->v[h->id];
-  return gepf(e, v->ptr, iadd(e, imul(e, r, ci(e, v->stride)), imul(e, c, ci(e, hw))));
+  return gepf(e, vptr(e, h->id), iadd(e, imul(e, r, ci(e, v->stride)), imul(e, c, ci(e, hw))));
 }
 
 static int emit_rqs(E *e, const ir_node *x) {
@@ -1159,7 +1267,7 @@ static int emit_linear_t(E *e, const ir_node *x) {
   if (ni == 0) return 0;
   LLVMBasicBlockRef join = NULL;
   if (is_gemm(e, ni, no, dy, NULL)) {
-    LLVMValueRef av[6] = {e->nrows, ci(e, ni), ci(e, no), e->v[dy->id].ptr, W, e->v[x->id].ptr};
+    LLVMValueRef av[6] = {e->nrows, ci(e, ni), ci(e, no), vptr(e, dy->id), W, vptr(e, x->id)};
     join = gemm_call(e, "rt_k_gemm_nn", av, 6);
   }
   loop R, I, J;
@@ -1337,7 +1445,7 @@ static int emit_sde_noise(E *e, const ir_node *x) {
   LLVMTypeRef ty = LLVMFunctionType(e->vt, pt, 9, 0);
   LLVMValueRef f = ext_fn(e, "rt_k_sde_noise", ty, 0);
   nval *kv = &e->v[k->id];
-  LLVMValueRef av[9] = {kv->ptr, ci(e, kv->stride), ci(e, k->n), e->nrows, ci(e, x->n),
+  LLVMValueRef av[9] = {vptr(e, k->id), ci(e, kv->stride), ci(e, k->n), e->nrows, ci(e, x->n),
                         LLVMBuildLoad2(e->B, e->i64, e->v[l->id].iter, ""), ci(e, x->i0),
                         dst(e, x, ci(e, 0), ci(e, 0)), ci(e, e->v[x->id].stride)};
   LLVMBuildCall2(e->B, ty, f, av, 9, "");
@@ -1523,7 +1631,7 @@ static void acc_tmp(E *e, LLVMValueRef c, LLVMValueRef v) {
 }
 
 static int emit_sink(E *e, const ir_node *x) {
-  if (!e->gargs) return efail(e, x, "gradient sink outside the train graph");
+  if (!e->train) return efail(e, x, "gradient sink outside the train graph");
   if (x->nargs < 2 || x->nargs > 3) return efail(e, x, "sink with %d arguments", x->nargs);
   const ir_node *t = x->args[x->nargs - 1];
   if (t->batch) return efail(e, x, "the target is a batch tensor");
@@ -1535,7 +1643,7 @@ static int emit_sink(E *e, const ir_node *x) {
   }
   int slot = ir_grad_slot(e->p, t);
   if (slot < 0 || slot >= e->P + e->Q) return efail(e, x, "gradient slot %d out of range", slot);
-  LLVMValueRef g = e->gargs[slot];
+  LLVMValueRef g = argv(e, a_grad(e, slot));
   long tn = (long)t->rows * t->n;
   const ir_node *a = x->args[0];
   for (int k = 0; k + 1 < x->nargs; k++)
@@ -1548,7 +1656,7 @@ static int emit_sink(E *e, const ir_node *x) {
     if (no == 0 || ni == 0) return 0;
     LLVMBasicBlockRef join = NULL;
     if (is_gemm(e, no, ni, a, in)) { /* g += dy^T x */
-      LLVMValueRef av[6] = {ci(e, no), ci(e, ni), e->nrows, e->v[a->id].ptr, e->v[in->id].ptr, g};
+      LLVMValueRef av[6] = {ci(e, no), ci(e, ni), e->nrows, vptr(e, a->id), vptr(e, in->id), g};
       join = gemm_call(e, "rt_k_gemm_tn_acc", av, 6);
     }
     /* per output row o: tmp = sum_r dy[r, o] x[r, :], then g[o, :] += tmp */
@@ -1582,8 +1690,8 @@ static int emit_sink(E *e, const ir_node *x) {
     }
     LLVMValueRef v, w = NULL;
     if (flat) {
-      v = ldf(e, gepf(e, e->v[a->id].ptr, Cl.iv));
-      if (b) w = ldf(e, gepf(e, e->v[b->id].ptr, Cl.iv));
+      v = ldf(e, gepf(e, vptr(e, a->id), Cl.iv));
+      if (b) w = ldf(e, gepf(e, vptr(e, b->id), Cl.iv));
     } else {
       v = get(e, a, R.iv, Cl.iv);
       if (b) w = get(e, b, R.iv, Cl.iv);
@@ -1617,7 +1725,7 @@ static int emit_output(E *e, int k) {
   if (!o->batch && o->op != IR_CONST && o->rows != 1)
     return efail(e, o, "output parameter tensor of %d rows", o->rows);
   if (o->n == 0) return 0;
-  LLVMValueRef d = e->io[2 + k];
+  LLVMValueRef d = argv(e, 2 + k);
   LLVMBasicBlockRef join = NULL;
   new_scope(e);
   if (k == 1) { /* out1 may be NULL */
@@ -1694,7 +1802,6 @@ static int fused_node(E *e, const ir_node *x, nval *v) {
     return 0;
   }
   if (x->offset < 0) return efail(e, x, "fused linear without a buffer");
-  v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile));
   v->kind = NV_SCRATCH;
   v->stride = x->n;
   v->lo = x->offset;
@@ -1711,10 +1818,7 @@ static int noise_input(E *e, const ir_node *x, int train, nval *v) {
   if (!train) return efail(e, x, "the noise input (slot 2) outside the train kernel");
   if (e->p->noise_width > 0 && x->n != e->p->noise_width)
     return efail(e, x, "noise input of width %d, the program's is %d", x->n, e->p->noise_width);
-  LLVMValueRef i = ci(e, 5 + 2L * (e->P + e->Q));
-  LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, e->argp, &i, 1, "");
-  v->ptr = LLVMBuildLoad2(e->B, e->ptr, p, "noise");
-  LLVMSetAlignment(v->ptr, 8);
+  v->kind = NV_NOISE;
   v->stride = x->n;
   return 0;
 }
@@ -1725,70 +1829,228 @@ static void add_fn_attr(E *e, const char *k, const char *v) {
                                                     (unsigned)strlen(v)));
 }
 
-/* Entry block of e->fn (the kernel or one of its segments): its allocas and
-** the loads of args[k]. */
-static void fn_begin(E *e, int train) {
-  LLVMValueRef args = LLVMGetParam(e->fn, 0);
+/* Entry block of e->fn (the kernel or one of its units): its allocas and
+** the branch to the body, before which pointers are made (at_entry). */
+static void fn_begin(E *e) {
   e->nrows = LLVMGetParam(e->fn, 1);
   LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(e->C, e->fn, "entry");
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->C, e->fn, "body");
   LLVMPositionBuilderAtEnd(e->B, entry);
   e->entry = entry;
-  e->argp = args;
   e->moving = e->rowbad = NULL;
   e->acc = LLVMBuildAlloca(e->B, e->f32, "acc");
   for (int k = 0; k < CG_RB; k++) e->accb[k] = LLVMBuildAlloca(e->B, e->f32, "accb");
   e->logd = LLVMBuildAlloca(e->B, e->f32, "logd");
-  LLVMValueRef *av = e->av;
-  for (int k = 0; k < e->nav; k++) {
-    LLVMValueRef i = ci(e, k);
-    LLVMValueRef p = LLVMBuildInBoundsGEP2(e->B, e->ptr, args, &i, 1, "");
-    av[k] = LLVMBuildLoad2(e->B, e->ptr, p, "");
-    LLVMSetAlignment(av[k], 8);
-  }
-  for (int k = 0; k < 4; k++) e->io[k] = av[k];
-  e->pargs = av + 4;
-  e->qargs = av + 4 + e->P;
-  e->scratch = av[4 + e->P + e->Q];
-  e->gargs = train ? av + 5 + e->P + e->Q : NULL;
   e->tmp = NULL;
   if (e->tmpn > 0) {
-    LLVMBasicBlockRef cur = LLVMGetInsertBlock(e->B);
-    LLVMPositionBuilder(e->B, entry, LLVMGetFirstInstruction(entry));
     e->tmp = LLVMBuildAlloca(e->B, LLVMArrayType2(e->f32, (uint64_t)e->tmpn), "tmp");
     LLVMSetAlignment(e->tmp, 64);
-    LLVMPositionBuilderAtEnd(e->B, cur);
   }
+  LLVMBuildBr(e->B, body);
+  LLVMPositionBuilderAtEnd(e->B, body);
+  memset(e->av, 0, sizeof *e->av * (size_t)e->nav);
 }
 
-/* Nodes (loop nests) per LLVM function: past that a kernel is cut into
-** segments, each its own function, called in order by the kernel. LLVM's
-** loop analyses (ScalarEvolution's guard and predecessor walks) cost about
-** the square of the loops in a function; segments keep that bounded.
-** FLOWC_SEG_NODES overrides it (0: never cut). */
+/* Loop nests per function: past that a unit ends. LLVM's loop analyses
+** (ScalarEvolution's guard and predecessor walks) cost about the square
+** of the loops in a function; units keep that bounded. FLOWC_SEG_NODES
+** overrides it (0: never cut). */
 #define CG_SEG_NODES 32
 static int seg_nodes(void) {
   const char *s = getenv("FLOWC_SEG_NODES");
   return s && *s ? atoi(s) : CG_SEG_NODES;
 }
 
-/* Ends the current segment before node i (outside any fixed-point loop) and
-** starts the next: a new internal noinline function, called by the kernel
-** (which returns the first nonzero status), in which the pointer of every
-** node still needed from node i on is rebuilt. */
-static void cut(E *e, int i, const int *last, char *need, int train) {
-  const ir_graph *g = e->g;
-  if (!e->KB) { /* the kernel itself was the first segment */
+/* A repeated run of nodes becomes units when each repetition has at least
+** this many loop nests: fewer would not pay for a call and its table. */
+#define CG_UNIT_MIN_LOOPS 4
+
+static int has_loop(const ir_node *x) {
+  return x->batch && !x->fused && x->op != IR_INPUT && x->offset >= 0;
+}
+
+/* What x does, not where: op, shape and attributes, not parameter indices
+** or buffer offsets. Equal runs of these are candidates for one unit. */
+static uint64_t node_sig(const ir_node *x) {
+  long f[9] = {x->op, x->batch, x->rows, x->n, x->nargs, x->op == IR_PARAM ? 0 : x->i0,
+               x->i1, x->fused, x->offset < 0};
+  uint64_t h = 1469598103934665603ull;
+  for (int k = 0; k < 9; k++) h = (h ^ (uint64_t)f[k]) * 1099511628211ull;
+  for (int k = 0; k < x->nargs; k++)
+    h = (h ^ (uint64_t)(x->args[k]->batch * 2 + (x->args[k]->op == IR_CONST))) * 1099511628211ull;
+  return h;
+}
+
+/*
+** Marks mark[i] where a unit should start: at every repetition of a run
+** of nodes that repeats back to back (a flow's repeated layers, an ODE
+** solver's steps), so that the repetitions become units of one text.
+** Greedy from the front, the shortest period at each start; runs are
+** compared by polynomial hashes of node_sig (a collision costs only a
+** cut: unit_close compares the code itself). Without memory, no marks.
+*/
+static void plan_cuts(const ir_graph *g, char *mark) {
+  int N = g->nnodes;
+  uint64_t *h = malloc(sizeof *h * (size_t)(N + 1)), *pw = malloc(sizeof *pw * (size_t)(N + 1));
+  int *loops = malloc(sizeof *loops * (size_t)(N + 1));
+  if (h && pw && loops) {
+    h[0] = 0, pw[0] = 1, loops[0] = 0;
+    for (int i = 0; i < N; i++) {
+      h[i + 1] = h[i] * 1000003u + node_sig(g->nodes[i]);
+      pw[i + 1] = pw[i] * 1000003u;
+      loops[i + 1] = loops[i] + has_loop(g->nodes[i]);
+    }
+#define RUN(a, len) (h[(a) + (len)] - h[a] * pw[len])
+    for (int i = 0; i < N;) {
+      int p = 1;
+      while (i + 2 * p <= N &&
+             (loops[i + p] - loops[i] < CG_UNIT_MIN_LOOPS || RUN(i, p) != RUN(i + p, p)))
+        p++;
+      if (i + 2 * p > N) {
+        i++;
+        continue;
+      }
+      int r = 2;
+      while (i + (r + 1) * p <= N && RUN(i + r * p, p) == RUN(i, p)) r++;
+      for (int k = 0; k <= r && i + k * p < N; k++) mark[i + k * p] = 1;
+      i += r * p;
+    }
+#undef RUN
+  }
+  free(h);
+  free(pw);
+  free(loops);
+}
+
+/* The function's code as text, for comparison: without its define line
+** (the name), metadata renumbered in order of first appearance (each
+** function has its own alias scopes and loop ids). NULL without memory. */
+static char *unit_text(LLVMValueRef f) {
+  char *s = LLVMPrintValueToString(f);
+  const char *p = strstr(s, "define ");   /* after a "; Function Attrs" line */
+  p = p ? strchr(p, '\n') : NULL;
+  p = p ? p + 1 : s;
+  size_t n = strlen(p);
+  char *out = malloc(n + 1);
+  long *seen = NULL;
+  size_t ns = 0, cap = 0, o = 0;
+  while (out && *p) {
+    if (*p == '!' && p[1] >= '0' && p[1] <= '9') {
+      char *end;
+      long id = strtol(p + 1, &end, 10);
+      size_t k = 0;
+      while (k < ns && seen[k] != id) k++;
+      if (k == ns) {
+        if (ns == cap) {
+          long *t = realloc(seen, sizeof *t * (cap = cap ? 2 * cap : 64));
+          if (!t) {
+            free(out);
+            out = NULL;
+            break;
+          }
+          seen = t;
+        }
+        seen[ns++] = id;
+      }
+      int w = snprintf(out + o, n + 1 - o, "!%zu", k);   /* k < id's digits + 1 */
+      o += (size_t)w;
+      p = end;
+    } else {
+      out[o++] = *p++;
+    }
+  }
+  if (out) out[o] = 0;
+  free(seen);
+  LLVMDisposeMessage(s);
+  return out;
+}
+
+/* An earlier unit function of the same text as f, or NULL (then f is
+** remembered). */
+static LLVMValueRef unit_same(E *e, LLVMValueRef f) {
+  char *t = unit_text(f);
+  if (!t) return NULL;
+  cg_units *u = &e->units;
+  for (int k = 0; k < u->n; k++)
+    if (!strcmp(u->text[k], t)) {
+      free(t);
+      return u->fn[k];
+    }
+  if (u->n == u->cap) {
+    int cap = u->cap ? 2 * u->cap : 16;
+    char **tx = realloc(u->text, sizeof *tx * (size_t)cap);
+    if (tx) u->text = tx;
+    LLVMValueRef *fx = tx ? realloc(u->fn, sizeof *fx * (size_t)cap) : NULL;
+    if (fx) u->fn = fx;
+    if (!tx || !fx) {
+      free(t);
+      return NULL;
+    }
+    u->cap = cap;
+  }
+  u->text[u->n] = t;
+  u->fn[u->n++] = f;
+  return NULL;
+}
+
+static void units_free(cg_units *u) {
+  for (int k = 0; k < u->n; k++) free(u->text[k]);
+  free(u->text);
+  free(u->fn);
+  *u = (cg_units){0};
+}
+
+/* Ends the current unit (its body returns 0): the kernel fills a table
+** with the pointers it reads and calls it, or an earlier unit of the same
+** text, and returns the first nonzero status. */
+static void unit_close(E *e) {
+  LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
+  LLVMValueRef f = e->fn, same = unit_same(e, f);
+  LLVMValueRef tab = LLVMConstPointerNull(e->ptr);
+  if (e->nslot) {
+    LLVMBasicBlockRef kentry = LLVMGetEntryBasicBlock(e->kfn);
+    LLVMPositionBuilder(e->EB, kentry, LLVMGetFirstInstruction(kentry));
+    tab = LLVMBuildAlloca(e->EB, LLVMArrayType2(e->ptr, (uint64_t)e->nslot), "tab");
+  }
+  for (int s = 0; s < e->nslot; s++) {
+    const cg_slot *sl = &e->slots[s];
+    LLVMValueRef v = sl->node >= 0 ? kptr(e, sl->node) : kargv(e, sl->k);
+    LLVMValueRef i = ci(e, s);
+    LLVMValueRef st = LLVMBuildStore(e->KB, v, LLVMBuildInBoundsGEP2(e->KB, e->ptr, tab, &i, 1, ""));
+    LLVMSetAlignment(st, 8);
+  }
+  LLVMTypeRef fty = LLVMGlobalGetValueType(f);
+  LLVMValueRef ca[3] = {LLVMGetParam(e->kfn, 0), LLVMGetParam(e->kfn, 1), tab};
+  LLVMValueRef st = LLVMBuildCall2(e->KB, fty, same ? same : f, ca, 3, "");
+  LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(e->C, e->kfn, "unit.fail");
+  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(e->C, e->kfn, "unit.next");
+  LLVMBuildCondBr(e->KB, LLVMBuildICmp(e->KB, LLVMIntNE, st, LLVMConstInt(e->i32, 0, 0), ""),
+                  bad, ok);
+  LLVMPositionBuilderAtEnd(e->KB, bad);
+  LLVMBuildRet(e->KB, st);
+  LLVMPositionBuilderAtEnd(e->KB, ok);
+  if (same) LLVMDeleteFunction(f);
+  e->fn = e->kfn;
+  e->tab = NULL;
+}
+
+/* Ends the kernel's code, or the current unit, before node i (outside any
+** fixed-point loop) and starts the next unit: an internal noinline
+** function i32 (ptr args, i64 nrows, ptr tab) whose pointers come from
+** tab (see vptr). */
+static void cut(E *e) {
+  if (!e->KB) { /* the kernel's own code ends here; its calls follow */
     e->KB = LLVMCreateBuilderInContext(e->C);
     LLVMPositionBuilderAtEnd(e->KB, LLVMGetInsertBlock(e->B));
   } else {
-    LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
+    unit_close(e);
   }
   char name[300];
   size_t nl = 0;
   const char *kn = LLVMGetValueName2(e->kfn, &nl);
   snprintf(name, sizeof name, "%.*s.seg%d", (int)nl, kn, ++e->nseg);
-  LLVMTypeRef fty = LLVMGlobalGetValueType(e->kfn);
-  LLVMValueRef f = LLVMAddFunction(e->M, name, fty);
+  LLVMTypeRef pt[3] = {e->ptr, e->i64, e->ptr};
+  LLVMValueRef f = LLVMAddFunction(e->M, name, LLVMFunctionType(e->i32, pt, 3, 0));
   LLVMSetLinkage(f, LLVMInternalLinkage);
   static const char *sa[] = {"target-cpu", "target-features"};
   for (int k = 0; k < 2; k++) {
@@ -1801,37 +2063,34 @@ static void cut(E *e, int i, const int *last, char *need, int train) {
     unsigned kd = LLVMGetEnumAttributeKindForName(ea[k], strlen(ea[k]));
     LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, kd, 0));
   }
-  /* the kernel: status = seg(args, nrows); if (status) return status; */
-  LLVMValueRef ca[2] = {LLVMGetParam(e->kfn, 0), LLVMGetParam(e->kfn, 1)};
-  LLVMValueRef st = LLVMBuildCall2(e->KB, fty, f, ca, 2, "");
-  LLVMBasicBlockRef bad = LLVMAppendBasicBlockInContext(e->C, e->kfn, "seg.fail");
-  LLVMBasicBlockRef ok = LLVMAppendBasicBlockInContext(e->C, e->kfn, "seg.next");
-  LLVMBuildCondBr(e->KB, LLVMBuildICmp(e->KB, LLVMIntNE, st, LLVMConstInt(e->i32, 0, 0), ""),
-                  bad, ok);
-  LLVMPositionBuilderAtEnd(e->KB, bad);
-  LLVMBuildRet(e->KB, st);
-  LLVMPositionBuilderAtEnd(e->KB, ok);
-
   e->fn = f;
-  fn_begin(e, train);
-  /* what nodes i.. read: live values, and what the views among them view */
-  memset(need, 0, (size_t)g->nnodes);
-  for (int j = i - 1; j >= 0; j--) {
-    nval *v = &e->v[j];
-    if (v->kind != NV_NONE && last[j] >= i) need[j] = 1;
-    if (need[j] && v->kind == NV_VIEW) need[v->src] = 1;
+  e->fnid++;
+  e->av = e->uav;
+  e->tab = LLVMGetParam(f, 2);
+  e->nslot = 0;
+  fn_begin(e);
+}
+
+/* Ends the kernel: its last unit, then its own return. */
+static void kernel_end(E *e) {
+  if (e->KB) {
+    unit_close(e);
+    LLVMBuildRet(e->KB, LLVMConstInt(e->i32, 0, 0));
+  } else {
+    LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
   }
-  for (int j = 0; j < i; j++) {
-    if (!need[j]) continue;
-    const ir_node *x = g->nodes[j];
-    nval *v = &e->v[j];
-    switch (v->kind) {
-    case NV_SCRATCH: v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile)); break;
-    case NV_INPUT: v->ptr = e->io[x->i0]; break;
-    case NV_NOISE: noise_input(e, x, train, v); break;
-    case NV_VIEW: v->ptr = v->col ? gepf(e, e->v[v->src].ptr, ci(e, v->col)) : e->v[v->src].ptr; break;
-    }
+}
+
+/* Deletes what emit_kernel made of a kernel that failed. */
+static void kernel_drop(E *e, const char *name) {
+  LLVMClearInsertionPosition(e->B);
+  for (int k = e->nseg; k >= 1; k--) {
+    char sn[300];
+    snprintf(sn, sizeof sn, "%s.seg%d", name, k);
+    LLVMValueRef f = LLVMGetNamedFunction(e->M, sn);
+    if (f) LLVMDeleteFunction(f);
   }
+  LLVMDeleteFunction(e->kfn);
 }
 
 static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *feat) {
@@ -1846,7 +2105,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     return cg_fail(e->err, e->errlen, "codegen: %s graph has not been through pass_memplan",
                 cg_entry_name(ent));
 
-  int train = ent == CG_TRAIN;
+  e->train = ent == CG_TRAIN;
   char name[256];
   cg_kernel_name(e->p, ent, name, sizeof name);
   LLVMTypeRef pt[2] = {e->ptr, e->i64};
@@ -1857,11 +2116,8 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   add_fn_attr(e, "target-features", feat);
   unsigned nu = LLVMGetEnumAttributeKindForName("nounwind", 8);
   LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, nu, 0));
-
-  LLVMValueRef args = LLVMGetParam(e->fn, 0);
-  e->nrows = LLVMGetParam(e->fn, 1);
-  LLVMSetValueName2(args, "args", 4);
-  LLVMSetValueName2(e->nrows, "nrows", 5);
+  LLVMSetValueName2(LLVMGetParam(e->fn, 0), "args", 4);
+  LLVMSetValueName2(LLVMGetParam(e->fn, 1), "nrows", 5);
 
   e->scope = NULL;
   {
@@ -1870,28 +2126,31 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   }
   e->kfn = e->fn;
   e->KB = NULL;
+  e->tab = NULL;
   e->nseg = 0;
+  e->fnid = 1;
   e->Q = g->nprep;
-  e->nav = 4 + e->P + e->Q + 1 + (train ? e->P + e->Q : 0);
-  e->av = malloc(sizeof *e->av * e->nav);
-  if (!e->av) return cg_fail(e->err, e->errlen, "codegen: out of memory");
+  e->nav = a_noise(e) + 1;
   e->tmpn = 0;
   for (int i = 0; i < g->nnodes; i++)
     if (ir_is_sink(g->nodes[i]->op) && sink_tmp(g->nodes[i]) > e->tmpn)
       e->tmpn = sink_tmp(g->nodes[i]);
-  fn_begin(e, train);
 
-  /* liveness: what the outputs depend on */
-  char *live = calloc(g->nnodes ? g->nnodes : 1, 1);
-  int *last = malloc(sizeof *last * (g->nnodes ? g->nnodes : 1));
-  e->v = calloc(g->nnodes ? g->nnodes : 1, sizeof *e->v);
-  e->open = malloc(sizeof *e->open * (g->nnodes ? g->nnodes : 1));
-  char *need = NULL;
+  size_t N = g->nnodes ? (size_t)g->nnodes : 1;
+  char *live = calloc(N, 1), *mark = calloc(N, 1);
+  int *last = malloc(sizeof *last * N);
+  e->v = calloc(N, sizeof *e->v);
+  e->open = malloc(sizeof *e->open * N);
+  e->kav = calloc((size_t)e->nav, sizeof *e->kav);
+  e->uav = calloc((size_t)e->nav, sizeof *e->uav);
+  e->slots = malloc(sizeof *e->slots * (N + (size_t)e->nav));   /* a unit's table at most */
   int rc = 0;
-  if (!live || !last || !e->v || !e->open) {
+  if (!live || !mark || !last || !e->v || !e->open || !e->kav || !e->uav || !e->slots) {
     rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
     goto done;
   }
+  e->av = e->kav;
+  fn_begin(e);
   for (int i = 0; i < g->nnodes && !rc; i++)
     for (int k = 0; k < g->nodes[i]->nargs && !rc; k++)
       if (!g->nodes[i]->args[k]) rc = efail(e, g->nodes[i], "missing argument %d", k);
@@ -1902,26 +2161,23 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   for (int i = 0; i < g->nnodes; i++)
     if (ir_is_sink(g->nodes[i]->op)) live[i] = 1;
   mark_live(g, live);
-  need = calloc(g->nnodes ? g->nnodes : 1, 1);
-  if (!need) {
-    rc = cg_fail(e->err, e->errlen, "codegen: out of memory");
-    goto done;
-  }
   int segmax = seg_nodes();
+  if (segmax > 0) plan_cuts(g, mark);
 
-  int segn = 0;
+  int segn = 0, marked = 0;
   for (int i = 0; i < g->nnodes && !rc; i++) {
     const ir_node *x = g->nodes[i];
     nval *v = &e->v[i];
     v->lo = v->hi = -1;
+    marked |= mark[i];
     if (ir_is_sink(x->op) && live[i]) {
       if (e->nopen) { /* it would add once per run of the body */
         rc = efail(e, x, "gradient sink inside a fixed-point loop");
         break;
       }
-      if (segmax > 0 && ++segn > segmax) {
-        cut(e, i, last, need, train);
-        segn = 1;
+      if (segmax > 0 && (marked || ++segn > segmax)) {
+        cut(e);
+        segn = 1, marked = 0;
       }
       e->scope = NULL;
       new_scope(e);
@@ -1930,8 +2186,7 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
     }
     if (!x->batch || !live[i]) continue;
     if (x->op == IR_INPUT && x->i0 == 2) {
-      rc = noise_input(e, x, train, v);
-      v->kind = NV_NOISE;
+      rc = noise_input(e, x, e->train, v);
       continue;
     }
     if (x->op == IR_INPUT) {
@@ -1939,9 +2194,8 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
         rc = efail(e, x, "input slot %d", x->i0);
         break;
       }
-      v->ptr = e->io[x->i0];
-      v->stride = x->n;
       v->kind = NV_INPUT;
+      v->stride = x->n;
       continue;
     }
     if (x->fused && (rc = fused_node(e, x, v))) break;
@@ -1958,7 +2212,6 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
           rc = efail(e, x, "slice out of range");
           break;
         }
-        v->ptr = lo ? gepf(e, a->ptr, ci(e, lo)) : a->ptr;
         v->stride = a->stride;
         v->lo = a->lo;
         v->hi = a->hi;
@@ -1975,11 +2228,10 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
                  g->scratch);
       break;
     }
-    if (segmax > 0 && !e->nopen && ++segn > segmax) {
-      cut(e, i, last, need, train);
-      segn = 1;
+    if (segmax > 0 && !e->nopen && (marked || ++segn > segmax)) {
+      cut(e);
+      segn = 1, marked = 0;
     }
-    v->ptr = gepf(e, e->scratch, ci(e, x->offset * (long)e->tile));
     v->kind = NV_SCRATCH;
     v->stride = x->n;
     v->lo = x->offset;
@@ -2012,30 +2264,23 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   if (!rc && e->nopen)
     rc = efail(e, g->nodes[e->open[e->nopen - 1]], "fixed-point loop without its end");
   for (int k = 0; k < g->nouts && !rc; k++) rc = emit_output(e, k);
-  if (!rc) LLVMBuildRet(e->B, LLVMConstInt(e->i32, 0, 0));
-  if (!rc && e->KB) LLVMBuildRet(e->KB, LLVMConstInt(e->i32, 0, 0));
+  if (!rc) kernel_end(e);
 done:
+  if (rc) kernel_drop(e, name);   /* leave no half-built function behind */
   if (e->KB) LLVMDisposeBuilder(e->KB);
   e->KB = NULL;
-  free(need);
   free(live);
+  free(mark);
   free(last);
   free(e->v);
   e->v = NULL;
   free(e->open);
   e->open = NULL;
-  free(e->av);
-  e->av = NULL;
-  if (rc) { /* leave no half-built function behind */
-    LLVMClearInsertionPosition(e->B);
-    for (int k = e->nseg; k >= 1; k--) {
-      char sn[300];
-      snprintf(sn, sizeof sn, "%s.seg%d", name, k);
-      LLVMValueRef f = LLVMGetNamedFunction(e->M, sn);
-      if (f) LLVMDeleteFunction(f);
-    }
-    LLVMDeleteFunction(e->kfn);
-  }
+  free(e->kav);
+  free(e->uav);
+  e->av = e->kav = e->uav = NULL;
+  free(e->slots);
+  e->slots = NULL;
   return rc;
 }
 
@@ -2046,6 +2291,7 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
   e.C = LLVMGetModuleContext(M);
   e.M = M;
   e.B = LLVMCreateBuilderInContext(e.C);
+  e.EB = LLVMCreateBuilderInContext(e.C);
   e.f32 = LLVMFloatTypeInContext(e.C);
   e.i64 = LLVMInt64TypeInContext(e.C);
   e.ptr = LLVMPointerTypeInContext(e.C, 0);
@@ -2074,6 +2320,8 @@ int cg_emit_module(const ir_program *p, LLVMModuleRef M, LLVMTargetMachineRef tm
     if (e.g && (mask & (1u << ent))) rc = emit_kernel(&e, ent, hidden, cpu, feat);
   }
   LLVMDisposeBuilder(e.B);
+  LLVMDisposeBuilder(e.EB);
+  units_free(&e.units);
   LLVMDisposeMessage(triple);
   LLVMDisposeMessage(cpu);
   LLVMDisposeMessage(feat);

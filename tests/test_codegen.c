@@ -1286,9 +1286,10 @@ Test(codegen, jit_entry_mask) {
   free_prog(&t);
 }
 
-/* FLOWC_SEG_NODES=2: kernels cut into segments (internal functions, called
+/* FLOWC_SEG_NODES=2: kernels cut into units (internal functions, called
 ** in order) every two nodes compute what the one-function kernels do: the
-** pointers of live values, views and inputs are rebuilt in each segment */
+** pointers of live values, views, inputs and parameters come to each unit
+** in its table */
 Test(codegen, segments) {
   setenv("FLOWC_SEG_NODES", "2", 1);
   tprog t;
@@ -1303,7 +1304,7 @@ Test(codegen, segments) {
   cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
   fclose(f);
   char *s = tu_read_file(path, NULL);
-  cr_assert(s && strstr(s, ".seg1(ptr"), "no segment functions");
+  cr_assert(s && strstr(s, ".seg1("), "no unit functions");
   free(s);
   free_prog(&t);
   for (uint64_t seed = 0; seed < 4; seed++) {

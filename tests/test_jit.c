@@ -139,6 +139,56 @@ Test(jit, each_layer_kind) {
     }
 }
 
+/* Occurrences of needle in s. */
+static int count_of(const char *s, const char *needle) {
+  int n = 0;
+  for (const char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
+  return n;
+}
+
+/*
+** Repeated layers: six copies of one layer (each with its own weights)
+** give the interpreter's numbers, and codegen compiles the repetitions of
+** a layer with a network once: the kernels call one unit function per repetition, and most calls
+** go to a unit already made (plan_cuts, unit_close).
+*/
+Test(jit, repeated_layers_share_units) {
+  for (int k = 0; k < LAYER_CNF; k++) {
+    mg_rng r = {(uint64_t)(900 + k)};
+    ir_layerkind kinds[6];
+    for (int i = 0; i < 6; i++) kinds[i] = (ir_layerkind)k;
+    compiled c;
+    c.A = ir_arena_new();
+    ir_model *mo = mg_model(c.A, &r, 5, k % 2 ? 2 : 0, 6, kinds);
+    static int hidden[2] = {16, 16};
+    ir_layer *L = (ir_layer *)mo->layers;   /* the generator's, in c.A */
+    L[0].net.nhidden = 2;
+    L[0].net.hidden = hidden;
+    for (int i = 1; i < 6; i++) L[i] = L[0];
+    compile_model(&c, mo, &r, 2, 1);
+    for (long n = 1; n <= 150; n = n * 7 + 1) {
+      float *x = randf(&r, n * 5, 1.5), *ctx = randf(&r, n * mo->context, 1.0);
+      for (int e = 0; e < IR_NENTRY; e++) check_entry(&c, e, n, x, ctx);
+      free(x);
+      free(ctx);
+    }
+    char err[512];
+    const char *path = tu_path("units.ll");
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    cr_assert_eq(cg_dump_llvm(c.p, 2, f, err, sizeof err), 0, "%s", err);
+    fclose(f);
+    char *s = tu_read_file(path, NULL);
+    cr_assert(s);
+    int units = count_of(s, "define internal"), calls = count_of(s, "call fastcc");
+    int net = k != LAYER_PERMUTE && k != LAYER_ACTNORM && k != LAYER_LINEAR_LU;
+    cr_assert(!net || (units >= 1 && 2 * units <= calls), "layer kind %d: %d unit functions for %d calls", k,
+              units, calls);
+    free(s);
+    release(&c);
+  }
+}
+
 /*
 ** Differential: each optional pass alone, and all of them, on models of
 ** every layer kind whose hidden layers are wide enough for BLAS (so that
