@@ -35,6 +35,7 @@ static int prep_op(ir_op op, rt_prep_op *out) {
   case IR_MADE_MASK: *out = RT_PREP_MADE_MASK; return 0;
   case IR_SPECNORM: *out = RT_PREP_SPECNORM; return 0;
   case IR_PGATHER: *out = RT_PREP_GATHER; return 0;
+  case IR_PSCALE: *out = RT_PREP_SCALE; return 0;
   case IR_LINEAR: *out = RT_PREP_LINEAR; return 0;
   case IR_TEMB: *out = RT_PREP_TEMB; return 0;
   case IR_TRACE_COEF: *out = RT_PREP_TRACE_COEF; return 0;
@@ -96,7 +97,7 @@ static int entry_desc(const ir_program *p, int ent, rt_desc *D, char *err, size_
       r->f2 = x->f1;
       r->iargs[0] = x->i1;
     }
-    if (x->op == IR_TRACE_COEF) r->iargs[0] = x->i0;   /* D */
+    if (x->op == IR_TRACE_COEF || x->op == IR_PSCALE) r->iargs[0] = x->i0;   /* D; axis */
     if (x->op == IR_PGATHER && (r->iargs[0] = pool_add(D, x)) < 0) {
       rc = cg_fail(err, errlen, "out of memory");
       break;

@@ -37,6 +37,7 @@ static void attrs(FILE *f, const ir_node *x, const ir_program *p) {
     break;
   case IR_D2ACT: fprintf(f, " %s", ir_op_name((ir_op)x->i0)); break;
   case IR_SPECNORM: fprintf(f, " lipschitz=%g", x->f0); break;
+  case IR_PSCALE: fprintf(f, x->i0 ? " columns" : " rows"); break;
   case IR_LOGDET: fprintf(f, " D=%d", x->i0); break;
   case IR_FIX_BEGIN: fprintf(f, " layer=%d", x->i1); break;
   case IR_FIX_END:

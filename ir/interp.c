@@ -396,6 +396,10 @@ static void eval(const ir_node *x, val *V, long B) {
     for (long i = 0; i < R * n; i++) o->v[i] = a->v[i] / div;
     break;
   }
+  case IR_PSCALE:
+    for (long r = 0; r < R; r++)
+      for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[r * n + j] * b->v[x->i0 ? j : r];
+    break;
   case IR_PGATHER:
     for (long r = 0; r < R; r++)
       for (long j = 0; j < n; j++) o->v[r * n + j] = a->v[x->idx[r] * a->n + x->idx[R + j]];

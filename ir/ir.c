@@ -17,7 +17,7 @@ static const char *const op_names[IR_OP_COUNT] = {
   [IR_LU_W] = "lu_w", [IR_LU_WINV] = "lu_winv", [IR_MADE_MASK] = "made_mask",
   [IR_DACT] = "dact", [IR_LINEAR_T] = "linear_t", [IR_PAD] = "pad",
   [IR_BCAST] = "bcast", [IR_RQS_GRAD] = "rqs_grad", [IR_ACC_SUM] = "acc_sum",
-  [IR_ACC_OUTER] = "acc_outer", [IR_SPECNORM] = "specnorm", [IR_D2ACT] = "d2act",
+  [IR_ACC_OUTER] = "acc_outer", [IR_SPECNORM] = "specnorm", [IR_PSCALE] = "pscale", [IR_D2ACT] = "d2act",
   [IR_LOGDET] = "logdet", [IR_LOGDET_GRAD] = "logdet_grad", [IR_STOPGRAD] = "stopgrad",
   [IR_FIX_BEGIN] = "fix_begin", [IR_FIX_END] = "fix_end", [IR_PGATHER] = "pgather",
   [IR_TEMB] = "temb", [IR_LOOP_ROW] = "loop_row", [IR_SDE_NOISE] = "sde_noise",
@@ -309,6 +309,15 @@ ir_node *ir_pgather(ir_graph *g, ir_node *W, int rows, const int *ridx, int n, c
   for (int b = 0; b < n; b++) idx[rows + b] = cidx[b];
   x->idx = idx;
   arg(x, W);
+  return x;
+}
+
+ir_node *ir_pscale(ir_graph *g, ir_node *W, ir_node *s, int axis) {
+  assert(!W->batch && !s->batch && s->rows == 1 && s->n == (axis ? W->n : W->rows));
+  ir_node *x = add(g, IR_PSCALE, 0, W->rows, W->n);
+  arg(x, W);
+  arg(x, s);
+  x->i0 = axis;
   return x;
 }
 

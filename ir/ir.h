@@ -60,6 +60,9 @@ typedef enum ir_op {
                      o mod D (f0 == 0, affine) or o / f0 (f0 = 3K-1, spline) */
   IR_PGATHER,     /* W [R,N] -> [rows, n]: y[a][b] = W[idx[a]][idx[rows + b]], a dense
                      block of a MADE layer's weight (or bias, R = 1) */
+  IR_PSCALE,      /* W [R,N], s -> W with its rows (i0 = 0, s [1,R]) or columns
+                     (i0 = 1, s [1,N]) scaled: y[r][c] = W[r][c] s[r] or s[c]
+                     (a per-column affine map folded into a linear map) */
   IR_SPECNORM,    /* W [out,in], u (the sn_u param, [1,out]) -> W / max(1, sigma(W)/f0),
                      sigma the largest singular value: computed to convergence
                      (power iteration from u) for evaluation; in the train
@@ -255,6 +258,8 @@ ir_node *ir_bcast(ir_graph *g, ir_node *x, int n);
 ir_node *ir_rqs_grad(ir_graph *g, const ir_node *rqs, ir_node *gy, ir_node *gl);
 ir_node *ir_pgather(ir_graph *g, ir_node *W, int rows, const int *ridx, int n, const int *cidx);
 ir_node *ir_specnorm(ir_graph *g, ir_node *W, ir_node *u, double lipschitz);
+/* W with its rows (axis 0) or columns (axis 1) scaled by the vector s. */
+ir_node *ir_pscale(ir_graph *g, ir_node *W, ir_node *s, int axis);
 ir_node *ir_d2act(ir_graph *g, ir_op unary, ir_node *x);
 ir_node *ir_logdet(ir_graph *g, ir_node *x, int D);
 ir_node *ir_logdet_grad(ir_graph *g, ir_node *x, ir_node *gd, int D);

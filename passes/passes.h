@@ -23,6 +23,7 @@ void pass_dce(ir_graph *g);      /* drop nodes no output depends on */
 void pass_cse(ir_graph *g);      /* merge identical nodes */
 void pass_fold(ir_graph *g);     /* fold constant-only arithmetic */
 void pass_perm(ir_graph *g);     /* fold permutations into indexing and weights */
+void pass_affine(ir_graph *g);   /* fold per-column affine maps into linear maps */
 void pass_fuse(ir_graph *g);     /* compute elementwise ops in their user's loop */
 void pass_prep(ir_graph *g);     /* number the parameter-only nodes */
 void pass_memplan(ir_graph *g);  /* scratch offsets, reusing dead buffers */

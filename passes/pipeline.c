@@ -8,6 +8,7 @@
 static const pass_info passes[] = {
   {"fold", pass_fold, 1},
   {"perm", pass_perm, 1},
+  {"affine", pass_affine, 1},
   {"cse", pass_cse, 1},
   {"dce", pass_dce, 1},
   {"fuse", pass_fuse, 1},

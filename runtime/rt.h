@@ -76,12 +76,15 @@ typedef enum rt_prep_op {
                                               (rt_temb.h) of t_r = f + r * f2, kind iargs[0]
                                               (0 scalar, n = 1; 1 sincos, n even >= 4);
                                               no gradient */
-  RT_PREP_TRACE_COEF                       /* W0 [H0,in], W1 [D,H0] -> c [1,H0], or W0, W1 [H1,H0],
+  RT_PREP_TRACE_COEF,                      /* W0 [H0,in], W1 [D,H0] -> c [1,H0], or W0, W1 [H1,H0],
                                               W2 [D,H1] -> Q [H1,H0] (nargs 2 or 3), D = iargs[0]
                                               <= in, Z = the first D columns of W0:
                                               c[h] = sum_i W1[i][h] Z[h][i];
                                               Q[k][h] = W1[k][h] sum_i W2[i][k] Z[h][i]
                                               (a cnf's fused exact Jacobian trace) */
+  RT_PREP_SCALE                            /* W [rows,n], s -> W with row r scaled by s[r]
+                                              (iargs[0] = 0, s [1,rows]) or column c by
+                                              s[c] (iargs[0] = 1, s [1,n]) */
 } rt_prep_op;
 
 /*

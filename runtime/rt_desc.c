@@ -58,12 +58,12 @@ static const char *const init_names[] = {
 #define NINIT ((int)(sizeof init_names / sizeof init_names[0]))
 static const char *const op_names[] = {
   "exp", "neg", "sum", "add", "sub", "mul", "const", "lu_w", "lu_winv", "made_mask",
-  "specnorm", "gather", "linear", "temb", "trace_coef"
+  "specnorm", "gather", "linear", "temb", "trace_coef", "scale"
 };
 #define NOP ((int)(sizeof op_names / sizeof op_names[0]))
 /* operands: at least op_arity, at most op_arity_max */
-static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 2, 0, 2 };
-static const int op_arity_max[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 3, 0, 3 };
+static const int op_arity[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 2, 0, 2, 2 };
+static const int op_arity_max[NOP] = { 1, 1, 1, 2, 2, 2, 0, 5, 5, 1, 2, 1, 3, 0, 3, 2 };
 static const char *const noise_names[] = { "rademacher", "roulette", "gauss", "beta" };
 #define NNOISE_KIND 4
 /* Limits of the noise layout, so a counter fits rt_model_set_noise's
@@ -106,7 +106,8 @@ static void format_preps(sbuf *b, const rt_entry_desc *en) {
     for (int a = 0; a < pr->nargs && a < 5; a++) sb_printf(b, " %d", pr->args[a]);
     if (pr->op == RT_PREP_MADE_MASK)
       for (int k = 0; k < 4; k++) sb_printf(b, " %d", pr->iargs[k]);
-    if (pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_GATHER || pr->op == RT_PREP_TRACE_COEF)
+    if (pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_GATHER || pr->op == RT_PREP_TRACE_COEF ||
+        pr->op == RT_PREP_SCALE)
       sb_printf(b, " %d", pr->iargs[0]);
     if (pr->op == RT_PREP_TEMB) sb_printf(b, " %d %.17g", pr->iargs[0], pr->f2);
     sb_printf(b, "\n");
@@ -417,6 +418,10 @@ static int check_prep(const rt_desc *d, const rt_entry_desc *en, const char *E, 
   case RT_PREP_TRACE_COEF:
     bad = bad_trace_coef(p, r, n, isint);
     break;
+  case RT_PREP_SCALE:                     /* W [rows, n], s [1, rows] or [1, n] */
+    bad = isint[0] || isint[1] || p->rows != r[0] || p->n != n[0] || r[1] != 1 ||
+          n[1] != (p->iargs[0] ? p->n : p->rows);
+    break;
   case RT_PREP_LU_W: case RT_PREP_LU_WINV: {
     int D = p->n;
     bad = p->rows != D || r[0] != D || n[0] != D || r[1] != D || n[1] != D ||
@@ -681,7 +686,8 @@ static int parse_prep(lexer *L, rt_prep *pr) {
   if (pr->op == RT_PREP_MADE_MASK)
     for (int k = 0; k < 4; k++)
       if (tok_int(L, 0, INT_MAX, &pr->iargs[k])) return -1;
-  if (pr->op == RT_PREP_SPECNORM && tok_int(L, 0, 1, &pr->iargs[0])) return -1;
+  if ((pr->op == RT_PREP_SPECNORM || pr->op == RT_PREP_SCALE) && tok_int(L, 0, 1, &pr->iargs[0]))
+    return -1;
   if ((pr->op == RT_PREP_GATHER || pr->op == RT_PREP_TRACE_COEF) &&
       tok_int(L, 0, INT_MAX, &pr->iargs[0]))
     return -1;

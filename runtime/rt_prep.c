@@ -12,6 +12,8 @@
 ** and its inverse V = W^-1 first through G_W = -V^T G_V V^T. sign and perm
 ** get no gradient.
 **
+** scale (y[r][c] = W[r][c] s[j], j = r or c) goes back as
+**   G_W[r][c] = G[r][c] s[j],  G_s[j] = the sum of G[r][c] W[r][c] over its row or column;
 ** linear (y = x W^T + b, x [r, in], W [out, in]) goes back as
 **   G_x = G W,  G_W = G^T x,  G_b = the column sums of G;
 ** temb is a function of constants only and gets nothing.
@@ -73,6 +75,11 @@ static size_t gather_at(const rt_desc *d, const rt_prep *p, const opnd *o, size_
   const int *I = d->idx + p->iargs[0];
   size_t a = k / (size_t)p->n, b = k % (size_t)p->n;
   return (size_t)I[a] * o->cols + (size_t)I[p->rows + b];
+}
+
+/* The element of s that element k of a scale op multiplies by. */
+static size_t scale_at(const rt_prep *p, size_t k) {
+  return p->iargs[0] ? k % (size_t)p->n : k / (size_t)p->n;
 }
 
 /* Entries of L and U from the operands lower, upper, log_diag, sign. */
@@ -320,6 +327,9 @@ static void prep_one(const rt_desc *d, const rt_prep *p, const opnd *o, double *
   case RT_PREP_LINEAR: prep_linear(p, o, out); break;
   case RT_PREP_TEMB: prep_temb(p, out); break;
   case RT_PREP_TRACE_COEF: prep_trace_coef(p, o, out); break;
+  case RT_PREP_SCALE:
+    for (size_t k = 0; k < len; k++) out[k] = at(&o[0], k) * at(&o[1], scale_at(p, k));
+    break;
   }
 }
 
@@ -512,6 +522,13 @@ void rt_prep_backward(const rt_desc *d, const rt_entry_desc *en, void *const *pa
     case RT_PREP_LINEAR: linear_back(p, o, g, ga[0], ga[1], ga[2]); break;
     case RT_PREP_TEMB: break;             /* constants only */
     case RT_PREP_TRACE_COEF: trace_coef_back(p, o, g, ga[0], ga[1], ga[2]); break;
+    case RT_PREP_SCALE:
+      for (size_t k = 0; k < len; k++) {
+        size_t j = scale_at(p, k);
+        acc(ga[0], &o[0], k, g[k] * at(&o[1], j));
+        acc(ga[1], &o[1], j, g[k] * at(&o[0], k));
+      }
+      break;
     }
   }
 }

@@ -147,6 +147,44 @@ Test(ir, passes_preserve_numbers) {
   }
 }
 
+/* pass_affine: actnorm beside linear_lu becomes the linear map's weight
+** and bias, rows scaled in the density direction (after the product),
+** columns in the sampling direction (before it); numbers unchanged. */
+Test(ir, affine_folds_actnorm) {
+  ir_layerkind kinds[4] = {LAYER_ACTNORM, LAYER_LINEAR_LU, LAYER_AFFINE_COUPLING, LAYER_ACTNORM};
+  mg_rng r = {11}, r0 = r;
+  fixture f0, f;
+  make(&f0, &r0, 4, 0, 4, kinds);
+  make(&f, &r, 4, 0, 4, kinds);
+  for (int e = 0; e < IR_NENTRY; e++) pass_affine(f.p->entry[e]);
+  static const int axis[IR_NENTRY] = {0, 0, 1, 1, 0};   /* encode(_ld), decode(_ld), log_prob */
+  for (int e = 0; e < IR_NENTRY; e++) {
+    const ir_graph *g = f.p->entry[e];
+    int scales = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+      const ir_node *x = g->nodes[i];
+      if (x->op == IR_PSCALE) scales += x->i0 == axis[e];
+      for (int k = 0; k < x->nargs; k++)   /* arguments come first */
+        cr_assert(x->args[k]->id < i, "entry %d node %d", e, i);
+    }
+    cr_assert_eq(scales, 1, "entry %d: %d folds", e, scales);
+  }
+  long n = 5;
+  mg_rng rx = {3};
+  double *x = randn(&rx, n * 4, 1.0), a0[32], a1[8], b0[32], b1[8];
+  for (int e = 0; e < IR_NENTRY; e++) {
+    run(&f0, (ir_entry)e, n, x, NULL, a0, a1);
+    run(&f, (ir_entry)e, n, x, NULL, b0, b1);
+    for (long i = 0; i < n * (e == IR_ENTRY_LOGPROB ? 1 : 4); i++)
+      cr_assert(same_num(a0[i], b0[i]), "entry %d: %.17g vs %.17g", e, a0[i], b0[i]);
+    if (f.p->entry[e]->nouts == 2)
+      for (long i = 0; i < n; i++) cr_assert(same_num(a1[i], b1[i]), "ld entry %d", e);
+  }
+  free(x);
+  ir_arena_free(f0.A);
+  ir_arena_free(f.A);
+}
+
 /* DCE leaves no log-det work in the entries that do not return it. */
 Test(ir, dce_drops_logdet) {
   mg_rng r = {5};

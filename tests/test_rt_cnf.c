@@ -207,6 +207,41 @@ Test(linear, reverse_into_params) {
   check_reverse(prog, 1, 1);
 }
 
+/* scale (pass_affine's folded weights): rows of W [O, I] by c [1, O], and
+** columns of b [1, O] by c; then through an earlier result, squared. */
+Test(scale, reverse_into_params) {
+  char prog[256];
+  snprintf(prog, sizeof prog, "prep scale %d %d 0 2 1 5 0\n", O, I);
+  check_reverse(prog, 1, 1);
+  snprintf(prog, sizeof prog, "prep scale 1 %d 0 2 2 5 1\n", O);
+  check_reverse(prog, 1, 1);
+  snprintf(prog, sizeof prog, "prep exp 1 %d 0 1 5\nprep scale %d %d 0 2 1 6 0\nprep mul %d %d 0 2 7 7\n",
+           O, O, I, O, I);
+  check_reverse(prog, 3, 0);
+}
+
+/* The forward values: y[r][c] = v[r][c] b[r] (axis 0); a vector of the
+** wrong width is refused (columns of v [O, I] by b [1, O]). */
+Test(scale, forward_and_shapes) {
+  char prog[256];
+  snprintf(prog, sizeof prog, "prep scale %d %d 0 2 4 2 1\n", O, I);
+  char *text = desc_text(prog, 1, NULL, NULL), err[256] = "";
+  cr_assert_null(rt_desc_parse(text, err, sizeof err), "a scale of the wrong width was accepted");
+  cr_assert(strstr(err, "do not fit"), "%s", err);
+  free(text);
+  snprintf(prog, sizeof prog, "prep scale %d %d 0 2 4 2 0\n", O, I);
+  rt_desc *d = make_desc(prog, 1);
+  pset s;
+  pset_init(&s, d, 5);
+  double **v = run_forward(d, &d->entry[RT_LOGPROB], s.params);
+  for (int r = 0; r < O; r++)
+    for (int c = 0; c < I; c++)
+      cr_assert_float_eq(v[0][r * I + c], (double)s.p[4][r * I + c] * s.p[2][r], 1e-12);
+  free_vals(v, 1);
+  pset_free(&s);
+  rt_desc_free(d);
+}
+
 Test(linear, reverse_through_earlier_results) {
   /* x = exp(a), W = neg(v), b = exp(c): every operand a prep result; the
   ** result squared, so the loss is not linear */
