@@ -100,13 +100,22 @@ const cg_extern_sym *cg_extern_syms(int *n) {
 ** 64: OpenBLAS repacks a weight for every call, and more rows a call
 ** amortise it (RealNVP D=2 and D=16 log_prob at batch 65536: 42 -> 39 and
 ** 575 -> 519 ms; pi0's flow-matching training at batch 256: 2400 -> 3100
-** samples/s). A graph with a weight of 512 x 512 or more may use 16 MB.
+** samples/s). A graph with a weight of 512 x 512 or more may use 16 MB, and
+** so may the train graph: its activations are written on the way forward
+** and read back on the way back, so they leave the cache whatever the
+** tile, and its weight gradients want rows (RealNVP D=16 at batch 256:
+** 64 -> 128 rows, a training step about 23 -> 19 ms).
 ** The runtime calls smaller tiles for small batches (rt_model.c). */
+static int tile_for(long scratch, long limit) {
+  int tile = 128;
+  while (tile > 1 && (long)tile * scratch * (long)sizeof(float) > limit) tile /= 2;
+  return tile;
+}
+
 int cg_tile(const ir_program *p) {
   long s = 1;
   for (int e = 0; e < IR_NENTRY; e++)
     if (p->entry[e] && p->entry[e]->scratch > s) s = p->entry[e]->scratch;
-  if (p->train && p->train->scratch > s) s = p->train->scratch;
   int big = 0;   /* a product of a weight that BLAS streams anyway: rows amortise its packing */
   for (int e = 0; e <= IR_NENTRY && !big; e++) {
     const ir_graph *g = e < IR_NENTRY ? p->entry[e] : p->train;
@@ -115,9 +124,11 @@ int cg_tile(const ir_program *p) {
       big = x->batch && x->op == IR_LINEAR && (long)x->args[1]->rows * x->args[1]->n >= CG_GEMV_MIN_SIZE;
     }
   }
-  int tile = 128;
-  long lim = big ? 16384L * 1024 : 2048L * 1024;
-  while (tile > 1 && (long)tile * s * (long)sizeof(float) > lim) tile /= 2;
+  int tile = tile_for(s, big ? 16384L * 1024 : 2048L * 1024);
+  if (p->train) {
+    int t = tile_for(p->train->scratch > 1 ? p->train->scratch : 1, 16384L * 1024);
+    if (t < tile) tile = t;
+  }
   return tile;
 }
 
@@ -1930,34 +1941,35 @@ static char *unit_text(LLVMValueRef f) {
   const char *p = strstr(s, "define ");   /* after a "; Function Attrs" line */
   p = p ? strchr(p, '\n') : NULL;
   p = p ? p + 1 : s;
-  size_t n = strlen(p);
-  char *out = malloc(n + 1);
+  size_t cap = strlen(p) + 64, o = 0, ns = 0, scap = 0;
+  char *out = malloc(cap);
   long *seen = NULL;
-  size_t ns = 0, cap = 0, o = 0;
   while (out && *p) {
-    if (*p == '!' && p[1] >= '0' && p[1] <= '9') {
-      char *end;
-      long id = strtol(p + 1, &end, 10);
-      size_t k = 0;
-      while (k < ns && seen[k] != id) k++;
-      if (k == ns) {
-        if (ns == cap) {
-          long *t = realloc(seen, sizeof *t * (cap = cap ? 2 * cap : 64));
-          if (!t) {
-            free(out);
-            out = NULL;
-            break;
-          }
-          seen = t;
-        }
-        seen[ns++] = id;
-      }
-      int w = snprintf(out + o, n + 1 - o, "!%zu", k);   /* k < id's digits + 1 */
-      o += (size_t)w;
-      p = end;
-    } else {
-      out[o++] = *p++;
+    if (o + 32 > cap) {   /* a new number may be longer than the old */
+      char *t = realloc(out, cap *= 2);
+      if (!t) break;
+      out = t;
     }
+    if (*p != '!' || p[1] < '0' || p[1] > '9') {
+      out[o++] = *p++;
+      continue;
+    }
+    char *end;
+    long id = strtol(p + 1, &end, 10);
+    size_t k = 0;
+    while (k < ns && seen[k] != id) k++;
+    if (k == ns) {
+      long *t = ns < scap ? seen : realloc(seen, sizeof *t * (scap = scap ? 2 * scap : 64));
+      if (!t) break;
+      seen = t;
+      seen[ns++] = id;
+    }
+    o += (size_t)snprintf(out + o, cap - o, "!%zu", k);
+    p = end;
+  }
+  if (out && *p) {   /* out of memory */
+    free(out);
+    out = NULL;
   }
   if (out) out[o] = 0;
   free(seen);
@@ -2031,6 +2043,7 @@ static void unit_close(E *e) {
   LLVMPositionBuilderAtEnd(e->KB, ok);
   if (same) LLVMDeleteFunction(f);
   e->fn = e->kfn;
+  e->av = e->kav;
   e->tab = NULL;
 }
 
@@ -2084,13 +2097,13 @@ static void kernel_end(E *e) {
 /* Deletes what emit_kernel made of a kernel that failed. */
 static void kernel_drop(E *e, const char *name) {
   LLVMClearInsertionPosition(e->B);
+  LLVMDeleteFunction(e->kfn);   /* first: it calls the units */
   for (int k = e->nseg; k >= 1; k--) {
     char sn[300];
     snprintf(sn, sizeof sn, "%s.seg%d", name, k);
     LLVMValueRef f = LLVMGetNamedFunction(e->M, sn);
     if (f) LLVMDeleteFunction(f);
   }
-  LLVMDeleteFunction(e->kfn);
 }
 
 static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *feat) {

@@ -127,23 +127,32 @@ static double grad_norm(const rt_optim *o, float *const *grads) {
   return sqrt(s);
 }
 
+/* One tensor's update, in double like torch's reference formulas. The
+** pointers do not alias and the decay kind is decided outside the loop,
+** so that the loop vectorises: it was a quarter of a training step
+** (RealNVP D=16, 610k weights: 4.6 ms of 20). */
+static void adam_loop(float *restrict p, const float *restrict g, float *restrict m,
+                      float *restrict v, size_t n, double b1, double b2, double decay, double l2,
+                      double step_size, double bc2s, double eps) {
+  for (size_t k = 0; k < n; k++) {
+    double gk = l2 != 0 ? g[k] + l2 * p[k] : g[k];
+    float mk = (float)(b1 * m[k] + (1.0 - b1) * gk);
+    float vk = (float)(b2 * v[k] + (1.0 - b2) * gk * gk);
+    m[k] = mk;
+    v[k] = vk;
+    p[k] = (float)(p[k] * decay - step_size * (double)mk / (sqrt((double)vk) / bc2s + eps));
+  }
+}
+
 static void adam_one(const rt_optim *o, float *p, const float *g, float *m, float *v, size_t n,
                      double lr) {
   const rt_optim_cfg *c = &o->c;
   double t = (double)(o->step + 1);
   double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
-  double step_size = lr / bc1, bc2s = sqrt(bc2), wd = c->weight_decay;
-  for (size_t k = 0; k < n; k++) {
-    double pk = p[k], gk = g[k];
-    if (c->adamw) pk *= 1.0 - lr * wd;
-    else gk += wd * pk;
-    double mk = c->beta1 * m[k] + (1.0 - c->beta1) * gk;
-    double vk = c->beta2 * v[k] + (1.0 - c->beta2) * gk * gk;
-    m[k] = (float)mk;
-    v[k] = (float)vk;
-    double denom = sqrt((double)v[k]) / bc2s + c->eps;
-    p[k] = (float)(pk - step_size * (double)m[k] / denom);
-  }
+  double wd = c->weight_decay;
+  /* AdamW decays the weight; Adam adds wd * p to the gradient (L2) */
+  adam_loop(p, g, m, v, n, c->beta1, c->beta2, c->adamw ? 1.0 - lr * wd : 1.0, c->adamw ? 0 : wd,
+            lr / bc1, sqrt(bc2), c->eps);
 }
 
 int rt_optim_step(rt_optim *o, rt_weights *w, float *const *grads, double *gnorm) {

@@ -290,7 +290,9 @@ typedef struct gjob {
   _Atomic uint64_t *fail;     /* the lowest tile's kernel failure */
 } gjob;
 
-static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile) {
+/* One tile's gradients into the chunk's double sums (the first tile of a
+** chunk sets them: no pass to zero them first). */
+static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile, int first) {
   rt_model *m = j->m;
   const rt_desc *d = m->d;
   size_t T = (size_t)d->tile, row0 = tile * T, D = (size_t)d->dim, C = (size_t)d->context;
@@ -314,7 +316,10 @@ static void grad_tile(const gjob *j, rt_tls *b, int chunk, size_t tile) {
   if (d->noise_width > 0) fill_noise(m, a[noise_arg(m)], row0, nr);
   int32_t st = m->train((void *const *)a, (int64_t)nr);
   if (st) rt_fail_note(j->fail, tile, st);
-  for (size_t k = 0; k < tb->block_floats; k++) g[k] += (double)f[k];
+  if (first)
+    for (size_t k = 0; k < tb->block_floats; k++) g[k] = (double)f[k];
+  else
+    for (size_t k = 0; k < tb->block_floats; k++) g[k] += (double)f[k];
   double s = 0;
   for (size_t r = 0; r < nr; r++) s -= (double)b->lpbuf[r];
   tb->closs[chunk] += s;
@@ -327,11 +332,11 @@ static void grad_chunk(void *arg, int tid, long item) {
   rt_tls *b = &m->tls[tid];
   size_t P = (size_t)m->d->nparams, Q = (size_t)m->d->train.nprep;
   size_t c = (size_t)item, nc = (size_t)tb->nchunks;
-  memset(tb->dblock[c], 0, tb->block_floats * sizeof(double));
   tb->closs[c] = 0;
   for (size_t s = 0; s < P + Q; s++) b->targs[5 + P + Q + s] = tb->slot[c][s];
   size_t t0 = c * j->ntiles / nc, t1 = (c + 1) * j->ntiles / nc;
-  for (size_t t = t0; t < t1; t++) grad_tile(j, b, (int)c, t);
+  if (t0 == t1) memset(tb->dblock[c], 0, tb->block_floats * sizeof(double));
+  for (size_t t = t0; t < t1; t++) grad_tile(j, b, (int)c, t, t == t0);
 }
 
 /* Sums the chunks in order into gsum; returns the summed -log p. */
