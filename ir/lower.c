@@ -935,6 +935,10 @@ static ir_graph *lower_entry(ir_program *p, const int *p0, ir_entry e, int stop,
   w.want_ld = stop < 0 && e != IR_ENTRY_ENCODE && e != IR_ENTRY_DECODE;
   ir_node *x = w.x0 = ir_input(w.g, 0, m->dim);
   if (m->context > 0) w.ctx = ir_input(w.g, 1, m->context);
+  /* the running log-det starts from a batch zero, so that every layer adds
+     its term alike: repeated layers are then repeated code (cg_emit's
+     units), the first included */
+  if (w.want_ld && stop < 0) w.ld = ld_batch(&w, x);
   int density = e == IR_ENTRY_ENCODE || e == IR_ENTRY_ENCODE_LD || e == IR_ENTRY_LOGPROB;
   ir_node *u = x;
   if (stop >= 0) {
