@@ -950,40 +950,23 @@ static LLVMValueRef linear_prefix(E *e, const ir_node *x) {
   return v->prefix;
 }
 
-/* Element (r, o) of x = in W^T + b: a dot product over the row's prefix. */
-static LLVMValueRef linear_dot(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o) {
-  const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
-  int ni = in->n;
-  LLVMValueRef W = pptr(e, x->args[1]), prefix = linear_prefix(e, x);
-  LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), o) : cf(e, 0), e->acc);
-  if (ni > 0) {
-    loop I;
-    loop_begin(e, &I, prefix ? table_at(e, prefix, o) : ci(e, ni));
-    LLVMValueRef xv = get(e, in, r, I.iv);
-    LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, imul(e, o, ci(e, ni)), I.iv)));
-    LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->acc, "");
-    LLVMBuildStore(e->B, f_add(e, a, f_mul(e, xv, wv)), e->acc);
-    loop_end(e, &I);
-  }
-  return LLVMBuildLoad2(e->B, e->f32, e->acc, "");
-}
-
-/* Elements (r, o..o+3) of x = in W^T + b into out: four dot products in
-** one loop, which loads each input once for four rows of W (a
-** matrix-vector product is bound by those loads). A staircase's four rows
-** run to the longest of their prefixes (the rest of a row is zero). */
-static void linear_dots(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, LLVMValueRef bmax,
-                        LLVMValueRef *out) {
+/* Elements (r, o..o+nr-1) of x = in W^T + b into out: nr dot products in
+** one loop of bound columns (NULL: all), which loads each input once for
+** nr rows of W (a matrix-vector product is bound by those loads). nr is 1
+** or CG_RB; a staircase's rows run to their (longest) prefix, past which
+** they are zero. */
+static void linear_rows(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, int nr,
+                        LLVMValueRef bound, LLVMValueRef *out) {
   const ir_node *in = x->args[0], *b = x->nargs > 2 ? x->args[2] : NULL;
   int ni = in->n;
   LLVMValueRef W = pptr(e, x->args[1]);
-  for (int k = 0; k < CG_RB; k++)
+  for (int k = 0; k < nr; k++)
     LLVMBuildStore(e->B, b ? get(e, b, ci(e, 0), iadd(e, o, ci(e, k))) : cf(e, 0), e->accb[k]);
   if (ni > 0) {
     loop I;
-    loop_begin(e, &I, bmax ? table_at(e, bmax, LLVMBuildUDiv(e->B, o, ci(e, CG_RB), "")) : ci(e, ni));
+    loop_begin(e, &I, bound ? bound : ci(e, ni));
     LLVMValueRef xv = get(e, in, r, I.iv);
-    for (int k = 0; k < CG_RB; k++) {
+    for (int k = 0; k < nr; k++) {
       LLVMValueRef row = imul(e, iadd(e, o, ci(e, k)), ci(e, ni));
       LLVMValueRef wv = ldf(e, gepf(e, W, iadd(e, row, I.iv)));
       LLVMValueRef a = LLVMBuildLoad2(e->B, e->f32, e->accb[k], "");
@@ -991,7 +974,21 @@ static void linear_dots(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, 
     }
     loop_end(e, &I);
   }
-  for (int k = 0; k < CG_RB; k++) out[k] = LLVMBuildLoad2(e->B, e->f32, e->accb[k], "");
+  for (int k = 0; k < nr; k++) out[k] = LLVMBuildLoad2(e->B, e->f32, e->accb[k], "");
+}
+
+/* Element (r, o) of x. */
+static LLVMValueRef linear_dot(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o) {
+  LLVMValueRef prefix = linear_prefix(e, x), v;
+  linear_rows(e, x, r, o, 1, prefix ? table_at(e, prefix, o) : NULL, &v);
+  return v;
+}
+
+/* Elements (r, o..o+3) of x; bmax: block_prefix's table, or NULL. */
+static void linear_dots(E *e, const ir_node *x, LLVMValueRef r, LLVMValueRef o, LLVMValueRef bmax,
+                        LLVMValueRef *out) {
+  LLVMValueRef bound = bmax ? table_at(e, bmax, LLVMBuildUDiv(e->B, o, ci(e, CG_RB), "")) : NULL;
+  linear_rows(e, x, r, o, CG_RB, bound, out);
 }
 
 /* The longest prefix of each block of four rows of a staircase, or NULL. */

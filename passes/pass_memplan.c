@@ -79,9 +79,7 @@ void pass_memplan(ir_graph *g) {
     int stored = x->batch && x->op != IR_INPUT && (!x->fused || x->op == IR_LINEAR);
     x->offset = stored ? take(&P, rounded(x->n)) : -1;
     if (P.top > peak) peak = P.top;
-    for (int k = 0; k < x->nargs; k++)   /* free arguments read for the last time */
-      if (last[x->args[k]->id] == i) release(&P, x->args[k], freed);
-    for (int j = head[i]; j >= 0; j = next[j])   /* loop bodies' and fused nodes' reads */
+    for (int j = head[i]; j >= 0; j = next[j])   /* whatever is read for the last time here */
       release(&P, g->nodes[j], freed);
   }
   g->scratch = peak;
