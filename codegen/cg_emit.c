@@ -2062,8 +2062,8 @@ static void cut(E *e) {
   LLVMTypeRef pt[3] = {e->ptr, e->i64, e->ptr};
   LLVMValueRef f = LLVMAddFunction(e->M, name, LLVMFunctionType(e->i32, pt, 3, 0));
   LLVMSetLinkage(f, LLVMInternalLinkage);
-  static const char *sa[] = {"target-cpu", "target-features"};
-  for (int k = 0; k < 2; k++) {
+  static const char *sa[] = {"target-cpu", "target-features", "prefer-vector-width"};
+  for (int k = 0; k < 3; k++) {
     LLVMAttributeRef a = LLVMGetStringAttributeAtIndex(e->kfn, LLVMAttributeFunctionIndex, sa[k],
                                                        (unsigned)strlen(sa[k]));
     if (a) LLVMAddAttributeAtIndex(f, LLVMAttributeFunctionIndex, a);
@@ -2124,6 +2124,13 @@ static int emit_kernel(E *e, int ent, int hidden, const char *cpu, const char *f
   if (hidden) LLVMSetVisibility(e->fn, LLVMHiddenVisibility);
   add_fn_attr(e, "target-cpu", cpu);
   add_fn_attr(e, "target-features", feat);
+  /* AVX-512 hosts vectorise 256 bits wide unless told otherwise; whether
+     512 is faster depends on the chip (clock offsets), so it is measured,
+     not assumed: FLOWC_VECTOR_WIDTH=512 (or 128, 256) sets LLVM's
+     prefer-vector-width for flowc bench to compare. */
+  const char *vw = getenv("FLOWC_VECTOR_WIDTH");
+  if (vw && (!strcmp(vw, "128") || !strcmp(vw, "256") || !strcmp(vw, "512")))
+    add_fn_attr(e, "prefer-vector-width", vw);
   unsigned nu = LLVMGetEnumAttributeKindForName("nounwind", 8);
   LLVMAddAttributeAtIndex(e->fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->C, nu, 0));
   LLVMSetValueName2(LLVMGetParam(e->fn, 0), "args", 4);

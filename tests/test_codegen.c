@@ -729,6 +729,30 @@ Test(codegen, dump_llvm_vectorizes) {
   g_D = 5;
 }
 
+/* FLOWC_VECTOR_WIDTH=128: LLVM is told to prefer 128-bit vectors, so the
+** relu over 64 columns uses 4 x float, and the numbers do not change. */
+Test(codegen, vector_width) {
+  g_op = IR_RELU;
+  g_D = 64;
+  setenv("FLOWC_VECTOR_WIDTH", "128", 1);
+  tprog t;
+  make_prog(&t, "vw", 64, 0, 0, NULL, build_unary, 2, 1);
+  char path[256], err[256];
+  snprintf(path, sizeof path, "%s/vw.ll", tu_tmpdir());
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
+  fclose(f);
+  char *s = tu_read_file(path, NULL);
+  cr_assert(s && strstr(s, "\"prefer-vector-width\"=\"128\""), "no width attribute");
+  cr_assert(strstr(s, "<4 x float>") && !strstr(s, "<8 x float>"), "not 128 bits wide");
+  free(s);
+  check_prog(&t, 2, IR_ENTRY_ENCODE, 2.0, 1e-6, "128-bit vectors");
+  unsetenv("FLOWC_VECTOR_WIDTH");
+  free_prog(&t);
+  g_D = 5;
+}
+
 /* ---- shared object ---- */
 
 typedef struct so_model so_model;
