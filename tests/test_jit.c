@@ -191,14 +191,15 @@ Test(jit, repeated_layers_share_units) {
 
 /*
 ** Differential: each optional pass alone, and all of them, on models of
-** every layer kind whose hidden layers are wide enough for BLAS (so that
+** every layer kind (an actnorm beside a linear_lu, for pass_affine) whose
+** hidden layers are wide enough for BLAS (so that
 ** fused linear maps take both of their paths: 1 and 7 rows in loops, 150
 ** rows through BLAS), against the interpreter.
 */
 Test(jit, each_pass_alone) {
   static const ir_layerkind sets[3][4] = {
     {LAYER_AFFINE_COUPLING, LAYER_SPLINE_COUPLING, LAYER_MAF, LAYER_RESIDUAL},
-    {LAYER_ADDITIVE_COUPLING, LAYER_ACTNORM, LAYER_IAF, LAYER_LINEAR_LU},
+    {LAYER_ADDITIVE_COUPLING, LAYER_IAF, LAYER_ACTNORM, LAYER_LINEAR_LU},   /* affine folds */
     {LAYER_PERMUTE, LAYER_CNF, LAYER_ACTNORM, LAYER_CNF}};
   int np;
   const pass_info *t = pass_table(&np);
