@@ -98,20 +98,17 @@ static ir_node *fold_after(ir_graph *g, ir_node *L, const int *user) {
 ** 1 when L changed. */
 static int fold_before(ir_graph *g, ir_node *L, const int *user) {
   enum { MAXCHAIN = 16 };
-  ir_node *chain[MAXCHAIN], *cur = L, *v = L->args[0];
-  int k = 0, n = v->n, vfirst = 0;
-  while (k < MAXCHAIN && user[v->id] == cur->id && v->nargs == 2 && v->op != IR_LINEAR) {
+  ir_node *chain[MAXCHAIN], *op[MAXCHAIN], *cur = L, *v = L->args[0];
+  int first[MAXCHAIN], k = 0, n = v->n;
+  while (k < MAXCHAIN && user[v->id] == cur->id && v->nargs == 2) {
     ir_node *w = v->args[0]->batch ? v->args[0] : v->args[1];
-    if (!step_operand(v, w, n, &vfirst)) break;
+    if (!(op[k] = step_operand(v, w, n, &first[k]))) break;
     chain[k++] = cur = v;
     v = w;
   }
   if (!k) return 0;
   affine f = {0};
-  for (int j = k - 1; j >= 0; j--) {   /* from x outwards */
-    ir_node *prev = j == k - 1 ? v : chain[j + 1];
-    step(g, &f, chain[j], step_operand(chain[j], prev, n, &vfirst), vfirst);
-  }
+  for (int j = k - 1; j >= 0; j--) step(g, &f, chain[j], op[j], first[j]);   /* from x outwards */
   if (f.t && f.t->n != n) return 0;     /* t W^T of a scalar t: left alone */
   ir_node *W = L->args[1], *b = L->nargs > 2 ? L->args[2] : NULL;
   if (f.t) b = ir_linear(g, f.t, W, b);

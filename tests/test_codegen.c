@@ -121,6 +121,20 @@ static void make_prog(tprog *t, const char *name, int D, int C, int np, const ps
 
 static void free_prog(tprog *t) { ir_arena_free(t->A); }
 
+/* The -O2 LLVM text of t's kernels (cg_dump_llvm, through tmpdir/NAME.ll);
+** free it. */
+static char *llvm_text(const tprog *t, const char *name) {
+  char path[256], err[512];
+  snprintf(path, sizeof path, "%s/%s.ll", tu_tmpdir(), name);
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  cr_assert_eq(cg_dump_llvm(t->p, 2, f, err, sizeof err), 0, "%s", err);
+  fclose(f);
+  char *s = tu_read_file(path, NULL);
+  cr_assert(s);
+  return s;
+}
+
 static const ir_node *find_input(const ir_graph *g, int slot) {
   for (int i = 0; i < g->nnodes; i++)
     if (g->nodes[i]->op == IR_INPUT && g->nodes[i]->i0 == slot) return g->nodes[i];
@@ -712,14 +726,7 @@ Test(codegen, dump_llvm_vectorizes) {
   g_D = 64;
   tprog t;
   make_prog(&t, "vec", 64, 0, 0, NULL, build_unary, 2, 1);
-  char path[256], err[256];
-  snprintf(path, sizeof path, "%s/vec.ll", tu_tmpdir());
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
-  fclose(f);
-  char *s = tu_read_file(path, NULL);
-  cr_assert(s);
+  char *s = llvm_text(&t, "vec");
   cr_assert(strstr(s, "i32 @flowc_vec_encode(ptr"), "no kernel");
   cr_assert(strstr(s, "i32 @flowc_vec_log_prob(ptr") || strstr(s, "i32 @flowc_vec_logprob(ptr"));
   cr_assert(strstr(s, "x float>"), "relu over 64 columns is not vectorized");
@@ -737,14 +744,8 @@ Test(codegen, vector_width) {
   setenv("FLOWC_VECTOR_WIDTH", "128", 1);
   tprog t;
   make_prog(&t, "vw", 64, 0, 0, NULL, build_unary, 2, 1);
-  char path[256], err[256];
-  snprintf(path, sizeof path, "%s/vw.ll", tu_tmpdir());
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
-  fclose(f);
-  char *s = tu_read_file(path, NULL);
-  cr_assert(s && strstr(s, "\"prefer-vector-width\"=\"128\""), "no width attribute");
+  char *s = llvm_text(&t, "vw");
+  cr_assert(strstr(s, "\"prefer-vector-width\"=\"128\""), "no width attribute");
   cr_assert(strstr(s, "<4 x float>") && !strstr(s, "<8 x float>"), "not 128 bits wide");
   free(s);
   check_prog(&t, 2, IR_ENTRY_ENCODE, 2.0, 1e-6, "128-bit vectors");
@@ -1082,15 +1083,7 @@ static void wide_case(int in, int out, int variant) {
   cr_assert_geq(cg_tile(t.p), CG_GEMM_MIN_ROWS, "%s: the tile never reaches BLAS", what);
   check_train(&t, 2, 1, 2e-5, what);
   /* which path the kernel has */
-  char path[256];
-  snprintf(path, sizeof path, "%s/wide.ll", tu_tmpdir());
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  char err[512];
-  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
-  fclose(f);
-  char *ll = tu_read_file(path, NULL);
-  cr_assert(ll);
+  char *ll = llvm_text(&t, "wide");
   int wide = (long)in * out >= CG_GEMM_MIN_SIZE;
   cr_assert_eq(strstr(ll, "@rt_k_gemm_nn(") != NULL, wide, "%s: rt_k_gemm_nn", what);
   cr_assert_eq(strstr(ll, "@rt_k_gemm_tn_acc(") != NULL, wide && !variant, "%s: rt_k_gemm_tn_acc",
@@ -1223,14 +1216,8 @@ Test(codegen, train_descriptor_and_so) {
   cr_assert_null(dlsym(lib, "flowc_dtrain_train"));
   dlclose(lib);
   /* the LLVM text has it */
-  char path[256];
-  snprintf(path, sizeof path, "%s/dtrain.ll", tu_tmpdir());
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
-  fclose(f);
-  char *s = tu_read_file(path, NULL);
-  cr_assert(s && strstr(s, "i32 @flowc_dtrain_train(ptr"));
+  char *s = llvm_text(&t, "dtrain");
+  cr_assert(strstr(s, "i32 @flowc_dtrain_train(ptr"));
   free(s);
   free_prog(&t);
 }
@@ -1321,14 +1308,9 @@ Test(codegen, segments) {
   for (int opt = 0; opt <= 2; opt += 2)
     for (int e = 0; e < RT_NENTRY; e++)
       if (t.p->entry[e]) check_prog(&t, opt, e, 1.0, 1e-5, "segments");
-  char err[512], path[256];
-  snprintf(path, sizeof path, "%s/seg.ll", tu_tmpdir());
-  FILE *f = fopen(path, "w");
-  cr_assert(f);
-  cr_assert_eq(cg_dump_llvm(t.p, 2, f, err, sizeof err), 0, "%s", err);
-  fclose(f);
-  char *s = tu_read_file(path, NULL);
-  cr_assert(s && strstr(s, ".seg1("), "no unit functions");
+  char err[512];
+  char *s = llvm_text(&t, "seg");
+  cr_assert(strstr(s, ".seg1("), "no unit functions");
   free(s);
   free_prog(&t);
   for (uint64_t seed = 0; seed < 4; seed++) {
